@@ -1,0 +1,184 @@
+"""From examples to a left-padded batch of prompts for generation."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from reprokit.data.errors import DataError
+from reprokit.data.readers import Example
+from reprokit.data.templates import render_prompt, uses_chat_markup
+
+__all__ = [
+    "PromptBatch",
+    "PromptDataset",
+    "PromptItem",
+    "SeededEpochSampler",
+    "collate_prompts",
+    "get_pad_token_id",
+    "tokenize_examples",
+]
+
+
+@dataclass
+class PromptItem:
+    """One rendered, tokenized prompt (a dataset item before collation)."""
+
+    prompt: str
+    input_ids: list[int]
+    answer: str
+    example_id: str
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass
+class PromptBatch:
+    """Prompts ready for ``generate``: token ids are LEFT-padded so every prompt ends at the last column.
+
+    Attributes:
+        prompts: rendered prompt text, one per row.
+        input_ids: ``LongTensor [P, L]``, pad id on the left.
+        attention_mask: ``LongTensor [P, L]``, 0 on the padding, 1 on prompt tokens.
+        answers: reference answers, one per row.
+        example_ids: id of the example each row came from (repeated for one-shot copies).
+        fields: the example's source row, one dict per row (benchmark name for evaluation).
+    """
+
+    prompts: list[str]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    answers: list[str]
+    example_ids: list[str]
+    fields: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def to(self, *args: Any, **kwargs: Any) -> PromptBatch:
+        """Move the tensors (``Tensor.to`` arguments); Lightning calls this to place the batch."""
+        return replace(
+            self,
+            input_ids=self.input_ids.to(*args, **kwargs),
+            attention_mask=self.attention_mask.to(*args, **kwargs),
+        )
+
+
+def collate_prompts(items: Sequence[PromptItem], pad_token_id: int) -> PromptBatch:
+    """Stack items into a :class:`PromptBatch`, padding on the left with ``pad_token_id``."""
+    if not items:
+        raise DataError("cannot build a batch from zero prompts")
+    length = max(len(item.input_ids) for item in items)
+    input_ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)  # [P, L]
+    attention_mask = torch.zeros((len(items), length), dtype=torch.long)  # [P, L]
+    for row, item in enumerate(items):
+        n = len(item.input_ids)
+        # Left padding: generation appends after the last column, so every prompt must end there.
+        input_ids[row, length - n :] = torch.tensor(item.input_ids, dtype=torch.long)  # [n]
+        attention_mask[row, length - n :] = 1
+    return PromptBatch(
+        prompts=[item.prompt for item in items],
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        answers=[item.answer for item in items],
+        example_ids=[item.example_id for item in items],
+        fields=[dict(item.fields) for item in items],
+    )
+
+
+def get_pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its EOS id (the attention mask hides padding either way)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    raise DataError(
+        "the tokenizer has neither a pad token nor an EOS token; set one, e.g. tokenizer.pad_token = '<pad>' "
+        "after tokenizer.add_special_tokens({'pad_token': '<pad>'})"
+    )
+
+
+def tokenize_examples(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    *,
+    template: str = "qwen25-math-cot",
+    cot_suffix: bool = True,
+    max_prompt_length: int = 1024,
+    drop_long_prompts: bool = False,
+) -> list[PromptItem]:
+    """Render and tokenize examples; prompts over ``max_prompt_length`` tokens are never cut.
+
+    Raises:
+        DataError: a prompt is longer than ``max_prompt_length`` (naming the example, its length and
+            the options to change), unless ``drop_long_prompts`` drops such examples with a warning.
+    """
+    if max_prompt_length < 1:
+        raise DataError(f"max_prompt_length={max_prompt_length} must be at least 1 token")
+    prompts = [render_prompt(ex.question, template, tokenizer, cot_suffix=cot_suffix) for ex in examples]
+    # Chat-template text already holds the model's markers; plain text gets the usual BOS/EOS rules.
+    encoded = tokenizer(prompts, add_special_tokens=not uses_chat_markup(template))["input_ids"]
+    items, too_long = [], []
+    for example, prompt, ids in zip(examples, prompts, encoded):
+        if len(ids) > max_prompt_length:
+            too_long.append((example.id, len(ids)))
+            continue
+        items.append(PromptItem(prompt, list(ids), example.answer, example.id, example.fields))
+    if too_long:
+        first_id, first_len = too_long[0]
+        what = (
+            f"example '{first_id}' has a {first_len}-token prompt, longer than max_prompt_length={max_prompt_length}"
+            f" ({len(too_long)} of {len(prompts)} prompts are too long)"
+        )
+        if not drop_long_prompts:
+            raise DataError(
+                f"{what}; raise max_prompt_length, or set drop_long_prompts=True to drop them with a warning "
+                "(prompts are never truncated)"
+            )
+        if not items:
+            raise DataError(f"{what}; every prompt is too long: raise max_prompt_length")
+        warnings.warn(f"dropped {len(too_long)} prompt(s) (drop_long_prompts=True): {what}", stacklevel=2)
+    return items
+
+
+class PromptDataset(Dataset):
+    """Map-style dataset of tokenized prompts, so Lightning can shard it with a DistributedSampler."""
+
+    def __init__(self, items: Sequence[PromptItem]):
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> PromptItem:
+        return self.items[index]
+
+
+class SeededEpochSampler(Sampler[int]):
+    """A fresh permutation per epoch, drawn from a generator seeded with ``seed + epoch``.
+
+    The order is a pure function of (seed, epoch): two runs with one seed see the same data, and a
+    run resumed at an epoch boundary continues with the order it would have had. Lightning calls
+    :meth:`set_epoch` at every epoch start; under DDP it wraps this sampler in its
+    ``DistributedSamplerWrapper``, which forwards ``set_epoch`` and gives each process a distinct
+    share of the permutation.
+    """
+
+    def __init__(self, num_items: int, seed: int = 0):
+        self.num_items = num_items
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=generator).tolist())

@@ -1,0 +1,389 @@
+"""LightningDataModules that yield :class:`~reprokit.data.batching.PromptBatch` objects.
+
+``batch_size`` of the training modules is the number of prompts per optimizer step over *all*
+devices (the paper's 128); each process loads ``batch_size / world_size`` of them. Datasets are
+map-style with a standard DataLoader, so under DDP Lightning injects its distributed sampler and
+every process gets distinct prompts. Prompts are tokenized once in ``setup`` so an over-long prompt
+is reported before training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from reprokit.data.batching import (
+    PromptDataset,
+    PromptItem,
+    SeededEpochSampler,
+    collate_prompts,
+    get_pad_token_id,
+    tokenize_examples,
+)
+from reprokit.data.benchmarks import load_benchmark
+from reprokit.data.embedded import EMBEDDED_NAMES, get_embedded_examples
+from reprokit.data.errors import DataError
+from reprokit.data.readers import AUTO, Example, read_examples
+from reprokit.data.templates import PROMPT_TEMPLATES
+
+__all__ = ["EvalDataModule", "MathDataModule", "OneShotDataModule"]
+
+
+class _PromptDataModule(L.LightningDataModule):
+    """Shared plumbing: prompt options, per-device batch size, loaders, optional validation benchmarks."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        template: str,
+        cot_suffix: bool,
+        max_prompt_length: int,
+        drop_long_prompts: bool,
+        batch_size: int,
+        num_workers: int,
+        val_benchmarks: Sequence[str] | None = None,
+        data_dir: str | Path | None = None,
+        val_limit: int | None = None,
+        val_batch_size: int | None = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"batch_size={batch_size} must be at least 1 prompt")
+        if max_prompt_length < 1:
+            raise DataError(f"max_prompt_length={max_prompt_length} must be at least 1 token")
+        if template not in PROMPT_TEMPLATES and "{question}" not in template:
+            raise DataError(
+                f"template={template!r} is neither a template name ({', '.join(PROMPT_TEMPLATES)}) "
+                "nor a format string containing '{question}'"
+            )
+        self.tokenizer = tokenizer
+        self.template = template
+        self.cot_suffix = cot_suffix
+        self.max_prompt_length = max_prompt_length
+        self.drop_long_prompts = drop_long_prompts
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_benchmarks = list(val_benchmarks or [])
+        self.data_dir = data_dir
+        self.val_limit = val_limit
+        self.val_batch_size = val_batch_size or batch_size
+        self.train_dataset: PromptDataset | None = None
+        self.val_dataset: PromptDataset | None = None
+
+    def _tokenize(self, examples: Sequence[Example]) -> list[PromptItem]:
+        return tokenize_examples(
+            examples,
+            self.tokenizer,
+            template=self.template,
+            cot_suffix=self.cot_suffix,
+            max_prompt_length=self.max_prompt_length,
+            drop_long_prompts=self.drop_long_prompts,
+        )
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.world_size if trainer is not None else 1
+
+    def _per_device_batch(self) -> int:
+        world = self._world_size()
+        if self.batch_size % world:
+            raise DataError(
+                f"batch_size={self.batch_size} prompts per step cannot be split evenly over {world} devices; "
+                f"use a multiple of {world}"
+            )
+        return self.batch_size // world
+
+    def _loader(self, dataset: PromptDataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_prompts, pad_token_id=get_pad_token_id(self.tokenizer)),
+            **kwargs,
+        )
+
+    def _setup_val(self) -> None:
+        if self.val_benchmarks and self.val_dataset is None:
+            examples = _load_benchmarks(self.val_benchmarks, self.data_dir, self.val_limit)
+            self.val_dataset = PromptDataset(self._tokenize(examples))
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The ``val_benchmarks`` prompts in one loader (``fields["benchmark"]`` tells them apart); [] if none."""
+        self._setup_val()
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+
+
+def _load_benchmarks(names: Sequence[str], data_dir: str | Path | None, limit: int | None) -> list[Example]:
+    if isinstance(names, str):
+        names = [names]
+    examples: list[Example] = []
+    for name in names:
+        examples.extend(load_benchmark(name, data_dir=data_dir, limit=limit))
+    return examples
+
+
+class OneShotDataModule(_PromptDataModule):
+    """1-shot (or few-shot) RLVR data: every step trains on the same few examples, copied to fill a batch.
+
+    Each copy is its own GRPO group, as in the paper (π1 repeated 128 times, 8 rollouts each). With
+    several examples the copies alternate (π1, π13, π1, π13, …), so a batch of 128 holds 64 of each
+    like the paper's merge files; when ``batch_size`` is not a multiple of the number of examples
+    the first ones get one copy more. One epoch is one batch: the trainer's ``max_steps`` sets the
+    run length. Under DDP each process takes a strided share of the batch; which copies land on
+    which process does not change the summed gradient.
+
+    Args:
+        tokenizer: the policy's transformers tokenizer.
+        examples: embedded names (``"pi1"``, ``"pi1,pi13"``), a data file for :func:`read_examples`,
+            or a list of :class:`Example`.
+        label: for embedded π1, ``"dataset"`` (12.8, what the paper trained on) or ``"true"`` (12.7).
+        question_field / answer_field / id_field: fields when ``examples`` is a file.
+        template: prompt template name or ``{question}`` format string.
+        cot_suffix: append the paper's "Let's think step by step ..." suffix to each problem.
+        max_prompt_length: longest prompt in tokens; longer ones raise (never truncated).
+        drop_long_prompts: drop over-long prompts with a warning instead of raising.
+        batch_size: prompts per optimizer step over all devices.
+        num_workers: DataLoader workers.
+        seed: unused by the fixed one-shot order; kept so every training module takes the same options.
+        val_benchmarks / data_dir / val_limit / val_batch_size: optional validation benchmarks.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        examples: str | list[Example] = "pi1",
+        *,
+        label: str = "dataset",
+        question_field: str = AUTO,
+        answer_field: str = AUTO,
+        id_field: str | None = None,
+        template: str = "qwen25-math-cot",
+        cot_suffix: bool = True,
+        max_prompt_length: int = 1024,
+        drop_long_prompts: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_benchmarks: Sequence[str] | None = None,
+        data_dir: str | Path | None = None,
+        val_limit: int | None = None,
+        val_batch_size: int | None = None,
+    ):
+        super().__init__(
+            tokenizer,
+            template=template,
+            cot_suffix=cot_suffix,
+            max_prompt_length=max_prompt_length,
+            drop_long_prompts=drop_long_prompts,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_benchmarks=val_benchmarks,
+            data_dir=data_dir,
+            val_limit=val_limit,
+            val_batch_size=val_batch_size,
+        )
+        self.save_hyperparameters(ignore=["tokenizer"] + ([] if isinstance(examples, (str, Path)) else ["examples"]))
+        self.examples = examples
+        self.label = label
+        self.question_field = question_field
+        self.answer_field = answer_field
+        self.id_field = id_field
+        self.seed = seed
+
+    def _resolve_examples(self) -> list[Example]:
+        source = self.examples
+        if not isinstance(source, (str, Path)):
+            return list(source)
+        if Path(source).exists():
+            return read_examples(
+                source, question_field=self.question_field, answer_field=self.answer_field, id_field=self.id_field
+            )
+        try:
+            return get_embedded_examples(str(source), label=self.label)
+        except DataError:
+            raise DataError(
+                f"examples={str(source)!r} is neither an embedded example ({', '.join(EMBEDDED_NAMES)}, or a comma "
+                "list such as 'pi1,pi13') nor an existing data file; fix the name or the path"
+            ) from None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            examples = self._resolve_examples()
+            if not examples:
+                raise DataError("OneShotDataModule needs at least one example")
+            if len(examples) > self.batch_size:
+                raise DataError(
+                    f"{len(examples)} examples do not fit one batch of batch_size={self.batch_size}; "
+                    "raise batch_size or use MathDataModule for a full training set"
+                )
+            items = self._tokenize(examples)
+            # Alternate the examples so every share of the batch holds them in equal proportion.
+            self.train_dataset = PromptDataset([items[i % len(items)] for i in range(self.batch_size)])
+        if stage in (None, "fit", "validate"):
+            self._setup_val()
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_dataset, self._per_device_batch(), shuffle=False)
+
+
+class MathDataModule(_PromptDataModule):
+    """A full training file (e.g. DSR-sub, 1209 problems), reshuffled every epoch from ``seed``.
+
+    The order is a pure function of (seed, epoch) (:class:`SeededEpochSampler`): two runs with one
+    seed see identical batches, another seed gives another order, and a run resumed at an epoch
+    boundary continues with the order it would have had. Under DDP Lightning wraps the sampler in a
+    distributed wrapper that forwards the epoch and gives each process distinct prompts.
+
+    Args:
+        tokenizer: the policy's transformers tokenizer.
+        path: training file or dataset for :func:`read_examples` (verl parquet is detected).
+        question_field / answer_field / id_field / skip_invalid / split: passed to :func:`read_examples`.
+        template / cot_suffix / max_prompt_length / drop_long_prompts: prompt options.
+        batch_size: prompts per optimizer step over all devices.
+        num_workers: DataLoader workers.
+        seed: data-order seed.
+        drop_last: drop the last incomplete batch of an epoch, so every step has ``batch_size`` prompts.
+        val_benchmarks / data_dir / val_limit / val_batch_size: optional validation benchmarks.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        path: str | Path,
+        *,
+        question_field: str = AUTO,
+        answer_field: str = AUTO,
+        id_field: str | None = None,
+        skip_invalid: bool = False,
+        split: str | None = None,
+        template: str = "qwen25-math-cot",
+        cot_suffix: bool = True,
+        max_prompt_length: int = 1024,
+        drop_long_prompts: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        drop_last: bool = True,
+        val_benchmarks: Sequence[str] | None = None,
+        data_dir: str | Path | None = None,
+        val_limit: int | None = None,
+        val_batch_size: int | None = None,
+    ):
+        super().__init__(
+            tokenizer,
+            template=template,
+            cot_suffix=cot_suffix,
+            max_prompt_length=max_prompt_length,
+            drop_long_prompts=drop_long_prompts,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_benchmarks=val_benchmarks,
+            data_dir=data_dir,
+            val_limit=val_limit,
+            val_batch_size=val_batch_size,
+        )
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.path = path
+        self.question_field = question_field
+        self.answer_field = answer_field
+        self.id_field = id_field
+        self.skip_invalid = skip_invalid
+        self.split = split
+        self.seed = seed
+        self.drop_last = drop_last
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            examples = read_examples(
+                self.path,
+                question_field=self.question_field,
+                answer_field=self.answer_field,
+                id_field=self.id_field,
+                skip_invalid=self.skip_invalid,
+                split=self.split,
+            )
+            self.train_dataset = PromptDataset(self._tokenize(examples))
+        if stage in (None, "fit", "validate"):
+            self._setup_val()
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        per_device = self._per_device_batch()
+        per_process = len(self.train_dataset) // self._world_size()
+        if self.drop_last and per_process < per_device:
+            raise DataError(
+                f"{self.path}: {len(self.train_dataset)} prompts cannot fill one batch of {self.batch_size} "
+                "(drop_last=True would leave no training step); lower batch_size or set drop_last=False"
+            )
+        sampler = SeededEpochSampler(len(self.train_dataset), seed=self.seed)
+        return self._loader(self.train_dataset, per_device, sampler=sampler, drop_last=self.drop_last)
+
+
+class EvalDataModule(_PromptDataModule):
+    """Named benchmarks in one loader for validation, testing or prediction.
+
+    Rows keep the benchmark order given and carry ``fields["benchmark"]``; ids are ``"<name>/<row>"``.
+    ``batch_size`` here is prompts per device per forward pass, a throughput setting. Under DDP,
+    Lightning's distributed sampler pads the last share by repeating a few prompts, so de-duplicate
+    by example id when exact per-problem counts matter.
+
+    Args:
+        tokenizer: the policy's transformers tokenizer.
+        benchmarks: names from :data:`~reprokit.data.benchmarks.BENCHMARKS`.
+        data_dir: local data folder (``<dir>/eval/<name>/``); default ``$REPROKIT_DATA_DIR``, then the Hub.
+        limit: first ``limit`` problems of each benchmark.
+        template / cot_suffix / max_prompt_length / drop_long_prompts: prompt options (match training).
+        batch_size: prompts per device per step.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        benchmarks: Sequence[str] = ("math500",),
+        data_dir: str | Path | None = None,
+        limit: int | None = None,
+        *,
+        template: str = "qwen25-math-cot",
+        cot_suffix: bool = True,
+        max_prompt_length: int = 1024,
+        drop_long_prompts: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ):
+        benchmarks = [benchmarks] if isinstance(benchmarks, str) else list(benchmarks)
+        if not benchmarks:
+            raise DataError("EvalDataModule needs at least one benchmark name")
+        super().__init__(
+            tokenizer,
+            template=template,
+            cot_suffix=cot_suffix,
+            max_prompt_length=max_prompt_length,
+            drop_long_prompts=drop_long_prompts,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_benchmarks=benchmarks,
+            data_dir=data_dir,
+            val_limit=limit,
+            val_batch_size=batch_size,
+        )
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.benchmarks = benchmarks
+
+    def setup(self, stage: str | None = None) -> None:
+        self._setup_val()
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
