@@ -1,0 +1,27 @@
+"""Functional metrics: plain functions on tensors, the core the ``reprokit.metrics`` classes delegate to."""
+
+from reprokit.metrics.functional.analysis import ACCURACY_BINS, accuracy_histogram, solved_set_overlap
+from reprokit.metrics.functional.entropy import (
+    entropy_stats,
+    high_entropy_overlap,
+    masked_values,
+    quantile_key,
+    quantiles,
+    token_entropy,
+)
+from reprokit.metrics.functional.pass_at_k import pass_at_k, pass_at_k_per_problem, powers_of_two
+
+__all__ = [
+    "ACCURACY_BINS",
+    "accuracy_histogram",
+    "entropy_stats",
+    "high_entropy_overlap",
+    "masked_values",
+    "pass_at_k",
+    "pass_at_k_per_problem",
+    "powers_of_two",
+    "quantile_key",
+    "quantiles",
+    "solved_set_overlap",
+    "token_entropy",
+]
