@@ -1,0 +1,720 @@
+"""The policy: a causal LM with LoRA adapters on a frozen base (4-bit NF4 or full precision), its tokenizer,
+the KL reference (the same model with the adapter off), adapter-only checkpoints, and tiny random models.
+
+Example::
+
+    from reprokit.models import ModelConfig, load_policy, reference_model
+
+    model, tokenizer = load_policy(ModelConfig("Qwen/Qwen2.5-Math-1.5B", quantization="nf4", lora_r=64))
+    with reference_model(model):          # the frozen base: no second copy in memory
+        ref_logits = model(input_ids).logits
+
+``name_or_path: tiny`` (or ``tiny:llama``) builds a small random model and a character tokenizer in-process,
+so tests and the CPU presets go through the same loading code without a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import re
+import string
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "COMPUTE_DTYPES",
+    "QUANTIZATIONS",
+    "TINY_ARCHS",
+    "TINY_CHAT_TEMPLATE",
+    "TINY_SPECIAL_TOKENS",
+    "ModelConfig",
+    "ModelConfigError",
+    "ModelLoadError",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "count_parameters",
+    "eos_token_ids",
+    "load_policy",
+    "load_trainable_state_dict",
+    "real_architecture_config",
+    "reference_model",
+    "resolve_compute_dtype",
+    "resolve_device",
+    "save_tiny",
+    "trainable_state_dict",
+]
+
+QUANTIZATIONS = ("nf4", "none")
+COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
+TINY_ARCHS = ("qwen2", "llama")
+TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+TINY_UNK_TOKEN = "<unk>"
+# Qwen2.5-Math's ChatML template: with no system message it inserts the Qwen2.5-Math system prompt.
+TINY_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- set loop_messages = messages[1:] %}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nPlease reason step by step, "
+    "and put your final answer within \\\\boxed{}.<|im_end|>\\n' }}"
+    "{%- set loop_messages = messages %}"
+    "{%- endif %}"
+    "{%- for message in loop_messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class ModelConfigError(ValueError):
+    """A ModelConfig value that cannot work; the message names the field and the fix."""
+
+
+class ModelLoadError(OSError):
+    """The model or tokenizer could not be found or read; the message names the path and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass
+class ModelConfig:
+    """Which causal LM to train and how: base precision, LoRA adapter, memory savers."""
+
+    name_or_path: str = "Qwen/Qwen2.5-Math-1.5B"
+    """Hub id or local directory (config.json, weights, tokenizer); `tiny` / `tiny:llama` = a random tiny model."""
+    quantization: Literal["nf4", "none"] = "nf4"
+    """Frozen base weights: `nf4` = 4-bit NormalFloat through bitsandbytes (QLoRA), `none` = full precision."""
+    double_quant: bool = True
+    """With nf4: also quantize the quantization constants (saves ~0.4 bit per weight)."""
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Dtype of the frozen base and its matmuls; `auto` = bfloat16 on a CUDA device that supports it, else float32."""
+    lora_r: int = 16
+    """LoRA rank (> 0)."""
+    lora_alpha: float = 32
+    """LoRA scale numerator: the update is (lora_alpha / lora_r) * B @ A."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input; keep 0 for on-policy RL (dropout makes the rollout and update policies differ)."""
+    lora_target_modules: list[str] | str = "all-linear"
+    """Layers given adapters: `all-linear` (all linear layers but the output head) or names like [q_proj, v_proj]."""
+    gradient_checkpointing: bool = True
+    """Recompute decoder-layer activations in the backward pass (non-reentrant): less memory, ~30% more compute."""
+    trust_remote_code: bool = False
+    """Allow modelling code shipped with a Hub repository (only for models that need it)."""
+    attn_implementation: str | None = None
+    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`); None = transformers' default."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name_or_path, str) or not self.name_or_path.strip():
+            raise ModelConfigError(
+                "ModelConfig.name_or_path is empty: give a Hub id (Qwen/Qwen2.5-Math-1.5B), a local model "
+                "directory or 'tiny'"
+            )
+        if _is_tiny(self.name_or_path):
+            _tiny_arch(self.name_or_path)  # raises on an unknown architecture
+        if self.quantization not in QUANTIZATIONS:
+            raise ModelConfigError(
+                f"ModelConfig.quantization={self.quantization!r} is unknown: use 'nf4' (4-bit base) or 'none' "
+                "(full precision)"
+            )
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ModelConfigError(
+                f"ModelConfig.compute_dtype={self.compute_dtype!r} is unknown: use one of {', '.join(COMPUTE_DTYPES)}"
+            )
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r <= 0:
+            raise ModelConfigError(
+                f"ModelConfig.lora_r={self.lora_r!r}: the LoRA rank must be an integer > 0 (e.g. 16)"
+            )
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, int | float) or self.lora_alpha <= 0:
+            raise ModelConfigError(
+                f"ModelConfig.lora_alpha={self.lora_alpha!r} must be > 0 (commonly 2 * lora_r = {2 * self.lora_r})"
+            )
+        if not isinstance(self.lora_dropout, int | float) or not 0.0 <= self.lora_dropout < 1.0:
+            raise ModelConfigError(f"ModelConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1)")
+        self.lora_target_modules = _check_target_modules(self.lora_target_modules)
+        if self.attn_implementation is not None and (
+            not isinstance(self.attn_implementation, str) or not self.attn_implementation.strip()
+        ):
+            raise ModelConfigError(
+                f"ModelConfig.attn_implementation={self.attn_implementation!r}: give a name such as 'sdpa' "
+                "or leave it unset"
+            )
+        if self.quantization == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelConfigError(_NO_BNB)
+
+
+_NO_BNB = (
+    "ModelConfig.quantization='nf4' needs bitsandbytes, which is not importable here: "
+    "install it (pip install 'bitsandbytes>=0.50') or set `quantization: none` to train on a full-precision base"
+)
+
+
+def _check_target_modules(value: list[str] | str) -> list[str] | str:
+    if value == "all-linear":
+        return value
+    if isinstance(value, str):
+        raise ModelConfigError(
+            f"ModelConfig.lora_target_modules={value!r}: use 'all-linear' or a list of module names such as "
+            "[q_proj, k_proj, v_proj, o_proj]"
+        )
+    names = list(value) if isinstance(value, list | tuple) else None
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ModelConfigError(
+            f"ModelConfig.lora_target_modules={value!r}: use 'all-linear' or a non-empty list of module names such as "
+            "[q_proj, k_proj, v_proj, o_proj]"
+        )
+    return names
+
+
+def _is_tiny(name: str) -> bool:
+    return name == "tiny" or name.startswith("tiny:")
+
+
+def _tiny_arch(name: str) -> str:
+    arch = name.partition(":")[2] or "qwen2"
+    if arch not in TINY_ARCHS:
+        raise ModelConfigError(
+            f"ModelConfig.name_or_path={name!r}: unknown tiny architecture {arch!r}; use one of "
+            + ", ".join(f"'tiny:{a}'" for a in TINY_ARCHS)
+        )
+    return arch
+
+
+def resolve_device(device: torch.device | str | int | None = None) -> torch.device:
+    """The device to load onto: the given one, else the current CUDA device when there is one, else CPU."""
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        # device_map needs an index, and "cuda" means the current device.
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resolve_compute_dtype(compute_dtype: str, device: torch.device | str) -> torch.dtype:
+    """``auto`` = bfloat16 on a CUDA device that supports it, else float32 (CPUs run half precision very slowly)."""
+    if compute_dtype != "auto":
+        return _DTYPES[compute_dtype]
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None):
+    """Load the policy: the frozen base (NF4 or full precision) with a trainable LoRA adapter, and its tokenizer.
+
+    Args:
+        cfg: what to load (see :class:`ModelConfig`).
+        device: where the weights go; None = the current CUDA device if any, else CPU. 4-bit weights are
+            quantized while loading onto this device, so load where you train.
+
+    Returns:
+        ``(model, tokenizer)``: a peft ``PeftModelForCausalLM`` in train mode whose only trainable parameters are
+        the LoRA matrices, and a tokenizer with a pad token and ``padding_side="left"``. The model's
+        ``generation_config`` carries the pad id and every EOS id of :func:`eos_token_ids`. Generate in eval
+        mode: in train mode gradient checkpointing turns the KV cache off.
+
+    Raises:
+        ModelConfigError: nf4 without bitsandbytes.
+        ModelLoadError: a local path that does not exist or is no model directory, or a Hub id that cannot be
+            fetched; the message says how to pass a local directory instead.
+    """
+    device = resolve_device(device)
+    dtype = resolve_compute_dtype(cfg.compute_dtype, device)
+    if cfg.quantization == "nf4":
+        _require_bitsandbytes()
+    if device.type == "cpu" and dtype != torch.float32:
+        warnings.warn(
+            f"ModelConfig.compute_dtype={cfg.compute_dtype!r} gives {dtype} on CPU, where half-precision matmuls are "
+            "tens of times slower than float32; use compute_dtype: auto (float32 on CPU)",
+            stacklevel=2,
+        )
+
+    if _is_tiny(cfg.name_or_path):
+        model, tokenizer = _load_tiny(cfg, device, dtype)
+    else:
+        source = _resolve_source(cfg.name_or_path)
+        tokenizer = _load_tokenizer(source, cfg)
+        model = _load_model(source, cfg, device, dtype)
+
+    _configure_padding(tokenizer, model)
+    _freeze_base(model, cfg)
+    policy = _add_lora(model, cfg)
+    # from_pretrained returns eval mode, and Lightning keeps submodule modes as it finds them: in eval mode
+    # gradient checkpointing and LoRA dropout would silently stay off during training.
+    policy.train()
+    return policy, tokenizer
+
+
+def _require_bitsandbytes() -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as err:  # an installed bitsandbytes can also fail to import (missing native library)
+        raise ModelConfigError(f"{_NO_BNB} ({type(err).__name__}: {err})") from err
+
+
+def _resolve_source(name: str) -> str:
+    """An existing local model directory, or a string that can only be a Hub id."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"ModelConfig.name_or_path={name!r}: {path} exists but is not a model directory (no config.json). "
+                "Pass a directory written by save_pretrained (config.json, weights, tokenizer files)."
+            )
+        return str(path)
+    if _HUB_ID.match(name) and ".." not in name:
+        return name
+    raise ModelLoadError(
+        f"ModelConfig.name_or_path={name!r}: no such directory ({path.absolute()}), and it is not a Hub id "
+        "(owner/name). Pass an existing local directory holding config.json, the weights and the tokenizer "
+        "(e.g. `name_or_path: /models/Qwen2.5-Math-1.5B` after `hf download Qwen/Qwen2.5-Math-1.5B "
+        "--local-dir /models/Qwen2.5-Math-1.5B`), a Hub id, or `tiny`."
+    )
+
+
+def _hub_error(name: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"ModelConfig.name_or_path={name!r}: not a local directory, and the Hugging Face Hub did not provide it "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Without network access, download it "
+        f"on a connected machine (`hf download {name} --local-dir DIR`), copy DIR here and set "
+        "`name_or_path: DIR` (a local directory with config.json, the weights and the tokenizer)."
+    )
+
+
+def _load_tokenizer(source: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    is_local = Path(source).expanduser().is_dir()
+    try:
+        if is_local and _saved_tokenizer_class(source) == "TokenizersBackend":
+            # A tokenizer saved as a plain tokenizers backend (e.g. save_tiny's) is defined in full by its
+            # tokenizer.json; AutoTokenizer would rebuild it as the model type's tokenizer (Qwen2's byte-level BPE).
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        if is_local:
+            raise ModelLoadError(
+                f"ModelConfig.name_or_path={cfg.name_or_path!r}: no readable tokenizer in {source} ({err}). "
+                "Save the tokenizer beside the weights (tokenizer.save_pretrained(DIR))."
+            ) from err
+        raise _hub_error(source, err) from err
+
+
+def _saved_tokenizer_class(directory: str) -> str | None:
+    try:
+        return json.loads((Path(directory).expanduser() / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        return None
+
+
+def _load_model(source: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {
+        "dtype": dtype,
+        # Straight onto the training device: 4-bit weights are quantized on the way, never held in full there.
+        "device_map": {"": str(device)},
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        if Path(source).expanduser().is_dir():
+            raise ModelLoadError(
+                f"ModelConfig.name_or_path={cfg.name_or_path!r}: could not read the weights in {source} ({err}). "
+                "The directory needs config.json and model*.safetensors as written by save_pretrained."
+            ) from err
+        raise _hub_error(source, err) from err
+
+
+def _load_tiny(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+    arch = _tiny_arch(cfg.name_or_path)
+    if cfg.quantization == "none":
+        tokenizer = build_tiny_tokenizer()
+        model = build_tiny_model(tokenizer, arch, attn_implementation=cfg.attn_implementation)
+        return model.to(device=device, dtype=dtype), tokenizer
+    # Quantization happens inside from_pretrained, so the 4-bit tiny model takes the real loading path.
+    with tempfile.TemporaryDirectory(prefix="reprokit-tiny-") as tmp:
+        save_tiny(tmp, arch=arch)
+        tokenizer = _load_tokenizer(tmp, cfg)
+        model = _load_model(tmp, cfg, device, dtype)
+    return model, tokenizer
+
+
+def _configure_padding(tokenizer, model) -> None:
+    """Left padding (generation appends on the right) with a pad token, and the ids generate() needs."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+            model.resize_token_embeddings(len(tokenizer))
+    tokenizer.padding_side = "left"
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = eos_token_ids(tokenizer, model)
+
+
+def _freeze_base(model, cfg: ModelConfig) -> None:
+    """Freeze every base weight and set up checkpointing for training adapters on a frozen base.
+
+    Unlike peft's ``prepare_model_for_kbit_training`` nothing is upcast to float32: embeddings, norms and the
+    output head stay in the compute dtype (for Qwen2.5-Math-1.5B the tied 151936 x 1536 embedding alone would
+    grow by 0.47 GB), and float32 norm weights would promote the whole residual stream to float32. RMSNorm
+    already normalises in float32 internally, and peft keeps the LoRA matrices themselves in float32.
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if not cfg.gradient_checkpointing:
+        return
+    # Non-reentrant checkpointing gives correct gradients when no input of a checkpointed block requires grad
+    # (frozen embeddings); the input-grad hook keeps the reentrant path working too if it is ever chosen.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if not getattr(model, "_require_grads_hooks", None):
+        model.enable_input_require_grads()
+
+
+def _add_lora(model, cfg: ModelConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        # peft probes a property that transformers 5 renamed; the warning is about peft's code, not ours.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, lora)
+    return peft_model
+
+
+# ---------------------------------------------------------------------------------------------- policy helpers
+def eos_token_ids(tokenizer, model=None, *, chat_end: bool = True) -> list[int]:
+    """Every token id that ends a response, in a stable order without repeats.
+
+    Gathers ``model.generation_config.eos_token_id`` (int or list), ``model.config.eos_token_id`` and
+    ``tokenizer.eos_token_id``; with ``chat_end`` also ``<|im_end|>`` when the vocabulary has it, because a base
+    model prompted with the ChatML template (Qwen2.5-Math: ``<|im_end|>`` then ``<|endoftext|>``) ends its turn
+    with it while its generation config only lists ``<|endoftext|>``.
+    """
+    ids: list[int] = []
+
+    def add(value) -> None:
+        if value is None:
+            return
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v is not None and int(v) not in ids:
+                ids.append(int(v))
+
+    if model is not None:
+        generation_config = getattr(model, "generation_config", None)
+        add(getattr(generation_config, "eos_token_id", None))
+        add(getattr(getattr(model, "config", None), "eos_token_id", None))
+    add(tokenizer.eos_token_id)
+    if chat_end:
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+            add(im_end)
+    if not ids:
+        raise ValueError(
+            "no end-of-sequence token: neither the model's generation_config nor the tokenizer defines one; "
+            "set tokenizer.eos_token (e.g. '<|endoftext|>') before training"
+        )
+    return ids
+
+
+@contextlib.contextmanager
+def reference_model(model) -> Iterator[nn.Module]:
+    """Inside the block the model is its frozen base (adapter off): the KL reference without a second copy.
+
+    The adapter is switched back on when the block exits, also on an exception. Gradients are not switched off;
+    wrap the reference forward in ``torch.no_grad()``.
+    """
+    if not callable(getattr(model, "disable_adapter", None)):
+        raise TypeError(
+            f"reference_model needs a model with a LoRA adapter (a peft model from load_policy); got "
+            f"{type(model).__name__}, whose reference would be a second copy of its weights"
+        )
+    with model.disable_adapter():
+        yield model
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the trainable tensors only (the LoRA matrices), keyed as in ``model.state_dict()``.
+
+    Checkpoints built from it never hold the frozen base: r=64 on Qwen2.5-Math-1.5B is ~74 M floats instead of 1.5 B.
+    """
+    state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    if not state:
+        raise ValueError(
+            f"{type(model).__name__} has no trainable parameters: trainable_state_dict expects the model from "
+            "load_policy (LoRA adapters trainable, base frozen)"
+        )
+    return state
+
+
+def load_trainable_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy adapter tensors from :func:`trainable_state_dict` into ``model``, in place and strictly.
+
+    Raises:
+        KeyError: a trainable parameter of the model is missing from ``state_dict``, or ``state_dict`` has a key the
+            model does not train; the message names the keys.
+        ValueError: a tensor's shape differs (another ``lora_r`` or base architecture).
+    """
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(params))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise KeyError(
+            f"adapter state dict does not match the model's {len(params)} trainable tensors: {'; '.join(parts)}. "
+            "Load it into a model built with the ModelConfig it was saved from (same base, lora_target_modules)."
+        )
+    for name, param in params.items():
+        value = state_dict[name]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(
+                f"adapter tensor {name}: saved shape {tuple(value.shape)} but the model has {tuple(param.shape)}; "
+                "the checkpoint was written with another lora_r or base model"
+            )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state_dict[name].to(device=param.device, dtype=param.dtype))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts; 4-bit weights count as their unpacked number of values."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        quant_state = getattr(param, "quant_state", None)
+        if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+            # bitsandbytes packs two 4-bit values per byte: numel() is half the weight count.
+            n = int(torch.Size(quant_state.shape).numel())
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+# ---------------------------------------------------------------------------------------------- tiny models
+def build_tiny_tokenizer(vocab: str | list[str] | None = None):
+    """A character tokenizer built in-process (no download), shaped like Qwen2.5's.
+
+    Args:
+        vocab: None = every printable ASCII character; a string = its characters; a list = these tokens
+            (single characters, plus longer strings that are matched whole before splitting into characters).
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` as EOS and pad, ``<|im_start|>`` / ``<|im_end|>``,
+        ``<unk>`` for characters outside the vocabulary, the Qwen2.5-Math ChatML chat template and left padding.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab is None:
+        tokens = list(string.printable)
+    elif isinstance(vocab, str):
+        tokens = list(vocab)
+    else:
+        tokens = list(vocab)
+        bad = [t for t in tokens if not isinstance(t, str) or not t]
+        if bad:
+            raise ValueError(f"build_tiny_tokenizer: vocab entries must be non-empty strings; got {bad[:3]!r}")
+    reserved = set(TINY_SPECIAL_TOKENS) | {TINY_UNK_TOKEN}
+    tokens = [t for t in dict.fromkeys(tokens) if t not in reserved]
+    if not tokens:
+        raise ValueError("build_tiny_tokenizer: the vocabulary is empty; pass characters such as '0123456789+-='")
+    chars = [t for t in tokens if len(t) == 1]
+    words = [t for t in tokens if len(t) > 1]
+
+    table = {t: i for i, t in enumerate([*TINY_SPECIAL_TOKENS, TINY_UNK_TOKEN, *chars])}
+    core = Tokenizer(models.WordLevel(vocab=table, unk_token=TINY_UNK_TOKEN))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one piece per character
+    core.decoder = decoders.Fuse()  # join pieces without inserting spaces
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_SPECIAL_TOKENS])
+    if words:
+        core.add_tokens([AddedToken(w, special=False, normalized=False) for w in words])
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token=TINY_UNK_TOKEN,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(
+    tokenizer,
+    arch: str = "qwen2",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+    *,
+    tie_word_embeddings: bool = True,
+    attn_implementation: str | None = None,
+):
+    """A randomly initialised causal LM of a real architecture (same module names as the full-size model).
+
+    The vocabulary is ``len(tokenizer)``; pad / EOS ids come from the tokenizer. The global RNG is left untouched.
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"build_tiny_model: arch={arch!r} is unknown; use one of {', '.join(TINY_ARCHS)}")
+    if hidden_size % num_heads or num_heads % num_kv_heads or (hidden_size // num_heads) % 2:
+        raise ValueError(
+            f"build_tiny_model: hidden_size={hidden_size}, num_heads={num_heads}, num_kv_heads={num_kv_heads} "
+            "need hidden_size divisible by num_heads into an even head size, and num_heads by num_kv_heads"
+        )
+    config_cls = Qwen2Config if arch == "qwen2" else LlamaConfig
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def save_tiny(path: str | Path, *, arch: str = "qwen2", vocab: str | list[str] | None = None, **model_kwargs) -> Path:
+    """Write a tiny model and its tokenizer to ``path`` so ``load_policy(ModelConfig(name_or_path=path))`` loads it.
+
+    ``model_kwargs`` go to :func:`build_tiny_model` (hidden_size, num_layers, seed, ...).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(vocab)
+    model = build_tiny_model(tokenizer, arch, **model_kwargs)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- real shapes
+# The Hub config.json files of the models the kit targets, written out (no download needed). Both use full
+# attention in every layer (use_sliding_window false); sliding_window / max_window_layers are written as
+# published, and transformers stores sliding_window as None when use_sliding_window is false.
+_REAL_CONFIGS: dict[str, dict] = {
+    "Qwen/Qwen2.5-Math-1.5B": dict(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        max_position_embeddings=4096,
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=21,
+        attention_dropout=0.0,
+        bos_token_id=151643,
+        eos_token_id=151643,
+        use_cache=True,
+    ),
+    "Qwen/Qwen2.5-Math-7B": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        hidden_act="silu",
+        max_position_embeddings=4096,
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=28,
+        attention_dropout=0.0,
+        bos_token_id=151643,
+        eos_token_id=151643,
+        use_cache=True,
+    ),
+}
+
+
+def real_architecture_config(name: str = "Qwen/Qwen2.5-Math-1.5B"):
+    """The transformers config of a real model (published weights are bfloat16), to build it with random weights.
+
+    Example::
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(real_architecture_config())   # shapes only, no memory
+    """
+    from transformers import Qwen2Config
+
+    if name not in _REAL_CONFIGS:
+        raise ValueError(f"real_architecture_config: no stored config for {name!r}; known: {', '.join(_REAL_CONFIGS)}")
+    config = Qwen2Config(**_REAL_CONFIGS[name])
+    config.architectures = ["Qwen2ForCausalLM"]
+    config._name_or_path = name
+    return config
