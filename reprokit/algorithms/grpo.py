@@ -1,0 +1,366 @@
+"""GRPO objective pieces: group advantages, the clipped policy loss, the k3 KL term and the
+forking-token (high-entropy) mask.
+
+Everything here is a pure tensor function: no model, no optimizer, no process group. Shapes use
+B = sequences in the (micro-)batch, T = response positions, N = B = num_groups * group_size.
+
+Conventions shared with verl / TRL (see docs/PAPERS.md §2-§4):
+
+* Advantages are one scalar per response, broadcast over its tokens.
+* The policy loss is the PPO clipped surrogate with separate lower / upper clip ranges
+  ("clip-higher", DAPO) and verl's optional dual clip for negative advantages.
+* Aggregation names follow verl: ``token-mean`` (TRL "dapo"/"bnpo"), ``seq-mean-token-mean``
+  (TRL "grpo"), ``seq-mean-token-sum-norm`` (TRL "dr_grpo", divides by a constant max length).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AGG_MODES",
+    "ADVANTAGE_SCALES",
+    "group_advantages",
+    "aggregate",
+    "policy_loss",
+    "kl_k3",
+    "focal_threshold",
+    "focal_mask",
+]
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+ADVANTAGE_SCALES = ("group", "batch", "none")
+
+# Log-ratio bound before exp: exp(20) ~ 5e8 keeps float32 finite (exp(89) is inf, and inf * 0 at a
+# padded position would turn the masked sum into NaN). Same bound as verl.
+_LOG_RATIO_BOUND = 20.0
+# verl's low_var_kl clamps the per-token k3 value to this range.
+_KL_BOUND = 10.0
+# torch.quantile refuses inputs with more than 2**24 elements.
+_TORCH_QUANTILE_MAX = 2**24
+
+
+# --------------------------------------------------------------------------------------------
+# Advantages
+# --------------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6) -> Tensor:
+    """Per-response advantage r - mean(group r), optionally divided by a standard deviation.
+
+    Args:
+        rewards: ``[N]`` rewards laid out group-contiguously: responses ``g*group_size ... (g+1)*group_size - 1``
+            belong to prompt ``g``.
+        group_size: responses per prompt (G).
+        scale: ``"group"`` divides by the group's unbiased std + eps (GRPO); ``"batch"`` divides by the
+            unbiased std of all N rewards + eps; ``"none"`` does not divide (Dr. GRPO).
+        eps: added to the std so a group with equal rewards gives 0, not NaN.
+
+    Returns:
+        ``[N]`` advantages in the rewards' floating dtype (float32 for integer / bool rewards).
+
+    A std over a single value is undefined; it is taken as 0 here, so a group (or batch) of one
+    response gets advantage 0: there is nothing to compare it with.
+    """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale={scale!r} is not one of {ADVANTAGE_SCALES}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [num_groups * group_size], got shape {tuple(rewards.shape)}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    n = rewards.numel()
+    if n % group_size != 0:
+        raise ValueError(
+            f"number of rewards ({n}) is not divisible by group_size ({group_size}): "
+            f"rewards must hold num_groups * group_size values, one group after the other"
+        )
+    if not rewards.is_floating_point():
+        rewards = rewards.float()  # [N]
+
+    grouped = rewards.view(n // group_size, group_size)  # [num_groups, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # [num_groups, G]
+
+    if scale == "group":
+        std = _unbiased_std(grouped, dim=1)  # [num_groups, 1]
+        centred = centred / (std + eps)  # [num_groups, G]
+    elif scale == "batch":
+        std = _unbiased_std(rewards, dim=0)  # [1]
+        centred = centred / (std + eps)  # [num_groups, G]
+    return centred.reshape(n)  # [N]
+
+
+def _unbiased_std(x: Tensor, dim: int) -> Tensor:
+    """Unbiased std along ``dim`` (kept), 0 where only one value exists instead of NaN."""
+    if x.shape[dim] < 2:
+        return torch.zeros_like(x.narrow(dim, 0, 1))  # [..., 1, ...]
+    return x.std(dim=dim, correction=1, keepdim=True)  # [..., 1, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Loss aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def aggregate(loss_tokens: Tensor, mask: Tensor, agg: str = "token-mean", max_len: int | None = None) -> Tensor:
+    """Reduce a per-token quantity ``[B, T]`` to a scalar over the valid tokens of ``mask``.
+
+    Args:
+        loss_tokens: ``[B, T]`` per-token values (policy loss, k3 KL, entropy, ...).
+        mask: ``[B, T]`` 1 / True at valid response tokens, 0 / False at prompt and padding.
+        agg: ``"token-mean"``: sum over all valid tokens / number of valid tokens in the batch, so
+            every token weighs the same and long responses weigh more.
+            ``"seq-mean-token-mean"``: mean over sequences of each sequence's token mean, so every
+            response weighs the same (sequences without valid tokens are left out).
+            ``"seq-mean-token-sum-norm"`` (Dr. GRPO): each sequence's token sum / ``max_len``, then
+            the mean over all B sequences; the constant divisor removes GRPO's length bias.
+        max_len: the constant divisor for ``seq-mean-token-sum-norm`` (the maximum response length
+            of the run, not of this batch, so the scale does not change between steps).
+
+    Returns:
+        Scalar. A mask without any valid token gives 0 (never NaN), still attached to the graph.
+
+    Under gradient accumulation each micro-batch is normalised by its own token / sequence count.
+    """
+    if agg not in AGG_MODES:
+        raise ValueError(f"agg={agg!r} is not one of {AGG_MODES}")
+    if loss_tokens.shape != mask.shape or loss_tokens.dim() != 2:
+        raise ValueError(
+            f"loss_tokens and mask must both be [B, T], got {tuple(loss_tokens.shape)} and {tuple(mask.shape)}"
+        )
+    mask = mask.to(loss_tokens.dtype)  # [B, T]
+    # where(), not a product: a non-finite value at a padded position must not leak into the sum.
+    masked = torch.where(mask > 0, loss_tokens, torch.zeros_like(loss_tokens))  # [B, T]
+
+    if agg == "token-mean":
+        return masked.sum() / mask.sum().clamp(min=1.0)  # []
+
+    tokens_per_seq = mask.sum(dim=1)  # [B]
+    sums = masked.sum(dim=1)  # [B]
+    if agg == "seq-mean-token-mean":
+        seq_means = sums / tokens_per_seq.clamp(min=1.0)  # [B]
+        has_tokens = (tokens_per_seq > 0).to(loss_tokens.dtype)  # [B]
+        return (seq_means * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)  # []
+
+    if max_len is None:
+        raise ValueError(
+            "agg='seq-mean-token-sum-norm' needs max_len (the constant divisor, normally the maximum "
+            "response length of the run); pass max_len=..."
+        )
+    if max_len <= 0:
+        raise ValueError(f"max_len must be > 0 for agg='seq-mean-token-sum-norm', got {max_len}")
+    return (sums / max_len).mean()  # []
+
+
+# --------------------------------------------------------------------------------------------
+# Policy loss
+# --------------------------------------------------------------------------------------------
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    agg: str = "token-mean",
+    max_len: int | None = None,
+    dual_clip: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO / GRPO clipped surrogate loss with clip-higher and optional dual clip.
+
+    Per token, with ratio = exp(logp - old_logp) and A the response's advantage::
+
+        loss = -min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)
+        if dual_clip is c and A < 0:  loss = min(loss, -c * A)
+
+    then reduced with :func:`aggregate`.
+
+    Args:
+        logp: ``[B, T]`` log-probs of the sampled tokens under the policy being trained (with grad).
+        old_logp: ``[B, T]`` log-probs under the policy that sampled them (no grad).
+        advantages: ``[B]`` one advantage per response (``[B, T]`` per-token advantages also work).
+        mask: ``[B, T]`` valid response tokens. Multiply a token-selection mask (e.g. :func:`focal_mask`)
+            into it to drop tokens from the loss.
+        epsilon_low, epsilon_high: clip range ``[1 - epsilon_low, 1 + epsilon_high]``; a larger
+            ``epsilon_high`` is DAPO's clip-higher (e.g. 0.2 / 0.28).
+        agg, max_len: see :func:`aggregate`.
+        dual_clip: constant c > 1 bounding the loss of negative-advantage tokens whose ratio has
+            grown large (verl's ``clip_ratio_c``, typically 3.0); ``None`` disables it.
+
+    Returns:
+        ``(loss, metrics)``. ``loss`` is a scalar; ``metrics`` holds detached float scalars:
+        ``loss/pg``; ``clip/low_frac`` (fraction of valid tokens with A < 0 and ratio below
+        1 - epsilon_low), ``clip/high_frac`` (A > 0 and ratio above 1 + epsilon_high), ``clip/frac``
+        (either); ``clip/dual_frac`` (A < 0 and the dual bound is active, only with ``dual_clip``);
+        ``ratio/mean`` over valid tokens.
+
+    With one optimizer step per rollout (on-policy) old_logp == logp.detach(), so ratio is 1 and
+    the clip never acts; pass old_logp anyway so the same code covers several epochs per rollout.
+    """
+    if logp.shape != old_logp.shape or logp.shape != mask.shape or logp.dim() != 2:
+        raise ValueError(
+            f"logp, old_logp and mask must all be [B, T], got {tuple(logp.shape)}, "
+            f"{tuple(old_logp.shape)} and {tuple(mask.shape)}"
+        )
+    if advantages.dim() == 1:
+        if advantages.shape[0] != logp.shape[0]:
+            raise ValueError(f"advantages has {advantages.shape[0]} entries but logp has B={logp.shape[0]} rows")
+        adv = advantages.unsqueeze(1)  # [B, 1]
+    elif advantages.shape == logp.shape:
+        adv = advantages  # [B, T]
+    else:
+        raise ValueError(
+            f"advantages must be [B] or [B, T], got {tuple(advantages.shape)} for logp {tuple(logp.shape)}"
+        )
+    if not (0.0 <= epsilon_low < 1.0) or epsilon_high < 0.0:
+        raise ValueError(f"need 0 <= epsilon_low < 1 and epsilon_high >= 0, got {epsilon_low}, {epsilon_high}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (verl uses 3.0) or None, got {dual_clip}")
+    adv = adv.to(logp.dtype).detach()  # [B, 1] or [B, T]
+
+    log_ratio = (logp - old_logp.detach()).clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    unclipped = -adv * ratio  # [B, T]
+    clipped = -adv * ratio.clamp(1.0 - epsilon_low, 1.0 + epsilon_high)  # [B, T]
+    # The max of the two negated terms is the min of the surrogates: the pessimistic bound.
+    loss_tokens = torch.maximum(unclipped, clipped)  # [B, T]
+
+    valid = mask.bool()  # [B, T]
+    neg = (adv < 0).expand_as(valid)  # [B, T]
+    pos = (adv > 0).expand_as(valid)  # [B, T]
+    with torch.no_grad():
+        low_active = valid & neg & (ratio < 1.0 - epsilon_low)  # [B, T]
+        high_active = valid & pos & (ratio > 1.0 + epsilon_high)  # [B, T]
+
+    metrics: dict[str, Tensor] = {}
+    if dual_clip is not None:
+        # For A < 0 the clipped loss -A * ratio grows without bound as ratio grows; cap it at -c * A.
+        dual_bound = -adv * dual_clip  # [B, 1] or [B, T]
+        with torch.no_grad():
+            dual_active = valid & neg & (loss_tokens > dual_bound)  # [B, T]
+        loss_tokens = torch.where(neg, torch.minimum(loss_tokens, dual_bound), loss_tokens)  # [B, T]
+
+    loss = aggregate(loss_tokens, mask, agg=agg, max_len=max_len)  # []
+
+    with torch.no_grad():
+        n_valid = valid.sum().clamp(min=1).float()  # []
+        metrics["loss/pg"] = loss.detach().float()  # []
+        metrics["clip/low_frac"] = low_active.sum().float() / n_valid  # []
+        metrics["clip/high_frac"] = high_active.sum().float() / n_valid  # []
+        metrics["clip/frac"] = (low_active | high_active).sum().float() / n_valid  # []
+        if dual_clip is not None:
+            metrics["clip/dual_frac"] = dual_active.sum().float() / n_valid  # []
+        metrics["ratio/mean"] = torch.where(valid, ratio, torch.zeros_like(ratio)).sum().float() / n_valid  # []
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# KL to the reference policy
+# --------------------------------------------------------------------------------------------
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(d) - d - 1 with d = ref_logp - logp.
+
+    Unbiased for the KL with samples from the policy, always >= 0, and lower variance than
+    log-ratio (k1) (verl's ``low_var_kl``, TRL's GRPO KL term). d is clamped to [-20, 20] before
+    exp and the result to [-10, 10], as in verl, so one token whose probability collapsed cannot
+    dominate the batch or overflow.
+
+    Args:
+        logp: ``[B, T]`` policy log-probs of the sampled tokens (with grad).
+        ref_logp: ``[B, T]`` reference-model log-probs of the same tokens.
+
+    Returns:
+        ``[B, T]`` per-token KL; reduce it with :func:`aggregate`.
+    """
+    if logp.shape != ref_logp.shape:
+        raise ValueError(
+            f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}"
+        )
+    d = (ref_logp.detach() - logp).clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)  # [B, T]
+    return (torch.exp(d) - d - 1.0).clamp(-_KL_BOUND, _KL_BOUND)  # [B, T]
+
+
+# --------------------------------------------------------------------------------------------
+# Forking tokens: keep only the top-rho entropy tokens
+# --------------------------------------------------------------------------------------------
+
+
+def _check_rho(rho: float) -> None:
+    if not (0.0 < rho <= 1.0):
+        raise ValueError(f"rho (fraction of highest-entropy tokens kept) must be in (0, 1], got {rho}")
+
+
+def focal_threshold(valid_entropies: Tensor, rho: float) -> Tensor:
+    """Entropy threshold keeping the top ``rho`` fraction: the (1 - rho) quantile of the values.
+
+    Args:
+        valid_entropies: ``[M]`` entropies of valid response tokens only (padding already removed),
+            pooled over every micro-batch and process that shares the threshold.
+        rho: fraction kept, in (0, 1]; the paper uses 0.2.
+
+    Returns:
+        Scalar (float32, or float64 for float64 input) with ``torch.quantile``'s linear interpolation
+        semantics, also above torch.quantile's 2**24-element limit. ``+inf`` when there are no values
+        (nothing is kept).
+    """
+    _check_rho(rho)
+    values = valid_entropies.detach().reshape(-1)  # [M]
+    if values.dtype != torch.float64:
+        values = values.float()  # [M]
+    m = values.numel()
+    if m == 0:
+        return torch.tensor(math.inf, dtype=values.dtype, device=values.device)
+    q = 1.0 - rho
+    if m <= _TORCH_QUANTILE_MAX:
+        return torch.quantile(values, q)  # []
+    return _linear_quantile_kthvalue(values, q)  # []
+
+
+def _linear_quantile_kthvalue(values: Tensor, q: float) -> Tensor:
+    """torch.quantile(values, q) (linear interpolation) via kthvalue, for inputs of any size."""
+    m = values.numel()
+    position = q * (m - 1)
+    lower = math.floor(position)
+    upper = min(lower + 1, m - 1)
+    # kthvalue is 1-based and O(M): cheaper than a full sort, and it has no size limit.
+    lower_value = torch.kthvalue(values, lower + 1).values  # []
+    if upper == lower or position == lower:
+        return lower_value
+    upper_value = torch.kthvalue(values, upper + 1).values  # []
+    weight = torch.tensor(position - lower, dtype=values.dtype, device=values.device)  # []
+    return torch.lerp(lower_value, upper_value, weight)  # []
+
+
+def focal_mask(
+    entropy: Tensor, mask: Tensor, rho: float, threshold: Tensor | float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Keep only the high-entropy ("forking") tokens: valid tokens with entropy >= the threshold.
+
+    Args:
+        entropy: ``[B, T]`` per-token entropy at the rollout temperature (no grad needed).
+        mask: ``[B, T]`` valid response tokens; padding never counts towards the quantile.
+        rho: fraction of valid tokens kept, in (0, 1]; 1 keeps all valid tokens.
+        threshold: a precomputed threshold (from :func:`focal_threshold` over the entropies pooled
+            across micro-batches and processes, as the paper does); computed from this batch if None.
+
+    Returns:
+        ``(keep [B, T] bool, threshold scalar)``. Multiply ``keep`` into the policy-loss mask.
+    """
+    _check_rho(rho)
+    if entropy.shape != mask.shape:
+        raise ValueError(
+            f"entropy and mask must have the same shape, got {tuple(entropy.shape)} and {tuple(mask.shape)}"
+        )
+    valid = mask.bool()  # [B, T]
+    entropy = entropy.detach()  # [B, T]
+    if threshold is None:
+        threshold = focal_threshold(entropy[valid], rho)  # []
+    threshold = torch.as_tensor(threshold, device=entropy.device)  # []
+    keep = valid & (entropy.to(threshold.dtype) >= threshold)  # [B, T]
+    return keep, threshold
