@@ -1,0 +1,174 @@
+"""What every training recipe shares: presets, the command line, the run directory, the Trainer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, set_parsing_settings
+
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+PRESETS_DIR = Path(os.environ.get("REPROKIT_PRESETS_DIR", Path(__file__).resolve().parents[2] / "recipes"))
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives and how long it lasts."""
+
+    run_dir: str = "runs/one_shot"
+    """Run directory: config.yaml, TensorBoard logs (tb/), checkpoints/."""
+    max_steps: int = 2000
+    """Optimizer updates to run (one per rollout batch when num_iterations is 1)."""
+    seed: int = 0
+    """Seed of sampling, data order and adapter initialisation."""
+    checkpoint_every: int = 20
+    """Save a checkpoint (adapter, optimizer, scheduler, step, RNG) every N steps; last.ckpt is always kept."""
+    val_every: int = 0
+    """Validate on the eval benchmarks every N steps (0 = only before and after training)."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu."""
+    devices: str = "auto"
+    """Lightning devices: auto, a count (2), or a list (0,1)."""
+    strategy: str = "auto"
+    """Lightning strategy; several GPUs (or CPU processes) use ddp."""
+    precision: str = "auto"
+    """Lightning precision: auto = bf16-mixed on a bf16-capable GPU, else 32-true."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+
+
+def preset_names(recipe: str) -> list[str]:
+    folder = PRESETS_DIR / recipe
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def preset_path(recipe: str, name: str) -> Path:
+    path = PRESETS_DIR / recipe / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(preset_names(recipe)) or "none found"
+        raise SystemExit(f"--preset {name}: no file {path}. Presets of {recipe}: {names}; or pass --config FILE.yaml")
+    return path
+
+
+def default_preset(recipe: str) -> tuple[str, str]:
+    """The preset used when none is named, and why."""
+    if not torch.cuda.is_available():
+        return "cpu", "no CUDA device found"
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if gib >= 20:
+        return "qwen2.5-math-1.5b", f"CUDA device with {gib:.0f} GiB"
+    return "consumer-12gb", f"CUDA device with {gib:.0f} GiB (< 20 GiB)"
+
+
+def build_parser(recipe: str, description: str, sections: dict[str, type]) -> ArgumentParser:
+    parser = ArgumentParser(prog=f"python -m reprokit.recipes.{recipe}", description=description, default_env=False)
+    parser.add_argument("--preset", type=str | None, default=None, help=f"Preset from recipes/{recipe}/ ({', '.join(preset_names(recipe))}); default: cpu without a CUDA device")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (a copied and edited preset); later flags override it")
+    parser.add_argument("--resume", action=ActionYesNo, default=False, help="Continue the run in --run_dir from its last checkpoint, with its saved config")
+    parser.add_class_arguments(RunConfig, "run", as_group=True)
+    for name, cls in sections.items():
+        parser.add_class_arguments(cls, name, as_group=True)
+    return parser
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse(recipe: str, parser: ArgumentParser, argv: list[str] | None = None):
+    """Parse the command line: defaults < preset < --config files < flags; --resume starts from the saved config."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    notes = []
+    preset = _flag_value(argv, "--preset")
+    resume = "--resume" in argv
+    run_dir = _flag_value(argv, "--run.run_dir") or _flag_value(argv, "--run_dir")
+    if "--run_dir" in argv or any(a.startswith("--run_dir=") for a in argv):
+        argv = [a.replace("--run_dir", "--run.run_dir", 1) if a.startswith("--run_dir") else a for a in argv]
+    for short in ("--max_steps", "--seed"):
+        argv = [a.replace(short, "--run." + short[2:], 1) if a.split("=")[0] == short else a for a in argv]
+    saved = Path(run_dir) / "config.yaml" if run_dir else None
+    if resume:
+        if saved is None or not saved.is_file():
+            raise SystemExit(f"--resume needs --run_dir pointing at an earlier run (no config.yaml in {run_dir})")
+        argv = ["--config", str(saved)] + argv
+        notes.append(f"resuming {run_dir} with its saved config")
+    elif preset is None and "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+        preset, why = default_preset(recipe)
+        notes.append(f"no --preset given: using preset '{preset}' ({why})")
+    if preset is not None and not resume:
+        argv = ["--config", str(preset_path(recipe, preset))] + argv
+        if not notes:
+            notes.append(f"preset '{preset}'")
+    cfg = parser.parse_args(argv)
+    return cfg, notes
+
+
+def save_config(parser: ArgumentParser, cfg, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    clean = cfg.clone()
+    for key in ("config", "resume", "preset"):
+        if key in clean:
+            del clean[key]
+    path.write_text(parser.dump(clean, skip_none=False, skip_check=True))
+    return path
+
+
+def resolve_precision(run: RunConfig) -> str:
+    if run.precision != "auto":
+        return run.precision
+    if torch.cuda.is_available() and run.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_trainer(run: RunConfig, run_dir: Path, *, val_every: int | None = None, callbacks=()) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step-{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=max(1, run.checkpoint_every),
+        save_top_k=-1,
+        save_last=True,
+    )
+    devices = run.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    val_every = run.val_every if val_every is None else val_every
+    # Validation inside fit counts training batches across epochs (a one-shot "epoch" is a single batch);
+    # without val_every, fit gets no val dataloaders and the recipe validates before and after instead.
+    val_schedule = dict(val_check_interval=val_every, check_val_every_n_epoch=None) if val_every else {}
+    return L.Trainer(
+        max_steps=run.max_steps,
+        max_epochs=-1,
+        accelerator=run.accelerator,
+        devices=devices,
+        strategy=run.strategy,
+        precision=resolve_precision(run),
+        logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
+        callbacks=[checkpoints, *callbacks],
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        **val_schedule,
+        enable_progress_bar=run.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=True,
+    )
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    path = run_dir / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None

@@ -1,0 +1,171 @@
+"""GRPOModule end to end: the real recipe entry points on CPU, resuming, learning, and DDP with two processes."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from reprokit.data import OneShotDataModule
+from reprokit.grpo_module import GRPOConfig, GRPOModule
+from reprokit.models import ModelConfig, load_policy, trainable_state_dict
+from reprokit.recipes import focal_tokens, one_shot
+
+
+def _quantized_base(model) -> dict[str, torch.Tensor]:
+    """The frozen base's stored (4-bit packed) weights, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+
+
+def _tb_events(run_dir: Path) -> list[Path]:
+    return list((run_dir / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_one_shot_cpu_preset_trains_lora_only_logs_checkpoints_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    summary, trainer, module = one_shot.run(["--preset", "cpu", "--run_dir", str(run_dir), "--max_steps", "2"])
+    assert trainer.global_step == 2 and summary["steps"] == 2
+
+    fresh, _ = load_policy(_cpu_model_config())  # the same seeded tiny model, untrained
+    trained_lora = trainable_state_dict(module.model)
+    initial_lora = trainable_state_dict(fresh)
+    assert trained_lora.keys() == initial_lora.keys() and trained_lora
+    changed = [k for k in trained_lora if not torch.equal(trained_lora[k], initial_lora[k])]
+    assert changed, "no LoRA weight changed after two GRPO steps"
+
+    trained_base, initial_base = _quantized_base(module.model), _quantized_base(fresh)
+    assert trained_base.keys() == initial_base.keys()
+    assert any("weight" in k and trained_base[k].dtype == torch.uint8 for k in trained_base), "base is not 4-bit"
+    for name in trained_base:
+        assert torch.equal(trained_base[name], initial_base[name]), f"frozen base weight {name} changed"
+
+    assert _tb_events(run_dir), "no TensorBoard event file"
+    assert (run_dir / "config.yaml").is_file()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (run_dir / "checkpoints" / "step-2.ckpt").is_file()
+    ckpt = torch.load(last, weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 2
+    assert all("lora_" in k for k in ckpt["state_dict"]), "a checkpoint must hold only adapter weights"
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and "rng_state" in ckpt
+
+    summary, trainer, module = one_shot.run(["--run_dir", str(run_dir), "--resume", "--max_steps", "3"])
+    assert trainer.global_step == 3, "resume did not continue from step 2 to step 3"
+    resumed = torch.load(last, weights_only=False, map_location="cpu")
+    assert resumed["global_step"] == 3
+
+
+def _cpu_model_config() -> ModelConfig:
+    import yaml
+
+    preset = yaml.safe_load((Path(one_shot.__file__).parents[2] / "recipes" / "one_shot" / "cpu.yaml").read_text())
+    return ModelConfig(**preset["model"])
+
+
+def test_recipe_rejects_unknown_preset_and_bad_option_naming_them(tmp_path):
+    with pytest.raises(SystemExit, match="no-such-preset"):
+        one_shot.run(["--preset", "no-such-preset", "--run_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="top_entropy_quantile"):
+        GRPOConfig(top_entropy_quantile=1.5)
+
+
+def fraction_of_a(completions, answers, **fields):
+    """An easy reward: the share of 'a' characters in the response."""
+    return [sum(ch == "a" for ch in c) / max(1, len(c)) for c in completions]
+
+
+def _confident_tiny_policy():
+    """A tiny LoRA policy whose output layer is as confident as a trained model's.
+
+    A random tiny model's tied embeddings (std 0.02) cap every logit near 0: with the head frozen, no adapter
+    can make any token likely, so nothing could be learned. Scaling the embeddings gives logits of std ~1.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from reprokit.models import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, seed=0)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(4.0)
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")), tokenizer
+
+
+def test_grpo_raises_an_easy_reward_within_a_bounded_number_of_steps():
+    L.seed_everything(0, verbose=False)
+    model, tokenizer = _confident_tiny_policy()
+    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=4, template="none", cot_suffix=False)
+    cfg = GRPOConfig(
+        group_size=8, temperature=1.0, max_new_tokens=8, micro_batch_size=32, lr=2e-2,
+        kl_coef=0.0, entropy_coef=0.0, log_completions_every=0,
+    )
+    module = GRPOModule(model, tokenizer, cfg, reward_fn=fraction_of_a)
+    rewards = []
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            rewards.append(pl_module.last_metrics["reward/mean"])
+
+    trainer = L.Trainer(
+        max_steps=8, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, callbacks=[Record()], enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    first, last = rewards[0], np.mean(rewards[-3:])
+    assert first < 0.1 and last > first + 0.3, f"mean reward went {first:.3f} -> {last:.3f} in {len(rewards)} steps"
+
+
+class DumpFocal(Callback):
+    """Writes each rank's valid rollout entropies, its focal threshold and its logged metrics."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        ro = pl_module.last_rollout
+        record = {
+            "entropies": ro.entropy[ro.mask.bool()].tolist(),
+            "threshold": pl_module.last_metrics["focal/threshold"],
+            "reward_mean": pl_module.last_metrics["reward/mean"],
+            "n_prompts": len(batch.example_ids),
+            "logged_reward_mean": float(trainer.callback_metrics["reward/mean"]),
+        }
+        path = self.out / f"rank{trainer.global_rank}-step{trainer.global_step}.json"
+        path.write_text(json.dumps(record))
+
+
+def test_focal_threshold_and_metrics_are_global_under_two_process_ddp(tmp_path):
+    model, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", lora_r=4, gradient_checkpointing=False))
+    data = OneShotDataModule(tokenizer, examples="pi1,pi13", batch_size=4, template="none", cot_suffix=False)
+    cfg = GRPOConfig(
+        group_size=4, temperature=1.0, max_new_tokens=12, micro_batch_size=3, lr=1e-3, kl_coef=0.0,
+        entropy_coef=0.0, top_entropy_quantile=0.2, log_completions_every=0,
+    )
+    module = GRPOModule(model, tokenizer, cfg, reward_fn=fraction_of_a)
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, callbacks=[DumpFocal(tmp_path)],
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    for step in (1, 2):
+        ranks = [json.loads((tmp_path / f"rank{r}-step{step}.json").read_text()) for r in (0, 1)]
+        assert [r["n_prompts"] for r in ranks] == [2, 2], "each process should get half of the 4 prompts"
+        pooled = np.array(ranks[0]["entropies"] + ranks[1]["entropies"])
+        expected = np.quantile(pooled, 0.8)  # linear interpolation, like torch.quantile
+        for r in ranks:
+            assert r["threshold"] == pytest.approx(expected, rel=1e-5, abs=1e-6), "threshold is not pooled over both processes"
+        mean_of_ranks = (ranks[0]["reward_mean"] + ranks[1]["reward_mean"]) / 2
+        for r in ranks:
+            assert r["logged_reward_mean"] == pytest.approx(mean_of_ranks, abs=1e-6), "logged metrics are not reduced across processes"
+
+
+def test_focal_tokens_cpu_preset_runs_through_its_entry_point(tmp_path, data_dir):
+    summary, trainer, module = focal_tokens.run(
+        ["--preset", "cpu", "--run_dir", str(tmp_path / "focal"), "--data.data_dir", str(data_dir), "--max_steps", "1"]
+    )
+    assert trainer.global_step == 1
+    assert 0.0 < summary["train"]["focal/kept_frac"] <= 0.35
+    assert (tmp_path / "focal" / "example_accuracy.json").is_file()
