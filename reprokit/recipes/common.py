@@ -65,12 +65,13 @@ def default_preset(recipe: str) -> tuple[str, str]:
     return "consumer-12gb", f"CUDA device with {gib:.0f} GiB (< 20 GiB)"
 
 
-def build_parser(recipe: str, description: str, sections: dict[str, type]) -> ArgumentParser:
+def build_parser(recipe: str, description: str, sections: dict[str, type], run_class: type = RunConfig) -> ArgumentParser:
+    """The recipe's command line: --preset, --config, --resume, the `run` group (``run_class``) and ``sections``."""
     parser = ArgumentParser(prog=f"python -m reprokit.recipes.{recipe}", description=description, default_env=False)
     parser.add_argument("--preset", type=str | None, default=None, help=f"Preset from recipes/{recipe}/ ({', '.join(preset_names(recipe))}); default: cpu without a CUDA device")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config (a copied and edited preset); later flags override it")
     parser.add_argument("--resume", action=ActionYesNo, default=False, help="Continue the run in --run_dir from its last checkpoint, with its saved config")
-    parser.add_class_arguments(RunConfig, "run", as_group=True)
+    parser.add_class_arguments(run_class, "run", as_group=True)
     for name, cls in sections.items():
         parser.add_class_arguments(cls, name, as_group=True)
     return parser

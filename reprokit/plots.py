@@ -1,0 +1,188 @@
+"""Figures of the analysis recipes, written as PNG with matplotlib's Agg canvas (no display, no pyplot state).
+
+Every helper takes ``{panel: ...}`` (one panel per benchmark, side by side) and a path, and returns the path:
+
+    pass_at_k_curves({"math500": {"base": {1: 0.3, 2: 0.4, ...}, "rl": {...}}}, "pass_at_k.png")
+    accuracy_histograms({"math500": {"base": {"0": 12, "(0,0.1]": 3, ...}}}, "accuracy_histogram.png")
+    box_plots({"math500": {"base": [1.3, 1.2, ...], "rl": [...]}}, "perplexity.png", ylabel="PPL")
+    bar_chart({"math500": {"rl": {"base_only": 3, "both": 40, "other_only": 0}}}, "overlap.png")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["accuracy_histograms", "bar_chart", "box_plots", "pass_at_k_curves"]
+
+_PANEL_WIDTH = 4.2
+_PANEL_HEIGHT = 3.4
+
+
+def _figure(num_panels: int, *, width: float = _PANEL_WIDTH, height: float = _PANEL_HEIGHT, max_columns: int = 3):
+    """A figure with one axes per panel on a grid; unused grid cells are hidden."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if num_panels < 1:
+        raise ValueError("a figure needs at least one panel (benchmark); got none")
+    columns = min(num_panels, max_columns)
+    rows = math.ceil(num_panels / columns)
+    fig = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, columns, squeeze=False).reshape(-1)
+    for ax in axes[num_panels:]:
+        ax.set_visible(False)
+    return fig, list(axes[:num_panels])
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def pass_at_k_curves(
+    results: Mapping[str, Mapping[str, Mapping[int, float]]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    subtitles: Mapping[str, str] | None = None,
+) -> Path:
+    """pass@k against k (log2 axis): one panel per benchmark, one line per model.
+
+    Args:
+        results: ``{benchmark: {model: {k: pass@k}}}``; k may be int or str.
+        title: figure title.
+        subtitles: extra text per panel title (e.g. ``"100 problems, n = 256"``).
+    """
+    fig, axes = _figure(len(results))
+    for ax, (panel, by_model) in zip(axes, results.items()):
+        all_ks: set[int] = set()
+        for model, curve in by_model.items():
+            ks = sorted(int(k) for k in curve)
+            values = [float(curve[k] if k in curve else curve[str(k)]) for k in ks]
+            all_ks.update(ks)
+            ax.plot(ks, values, marker="o", markersize=3.5, linewidth=1.6, label=model)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(all_ks)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(k) for k in ticks], fontsize=7 if len(ticks) > 7 else 9)
+        ax.minorticks_off()
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k")
+        ax.grid(True, alpha=0.3)
+        ax.set_title(panel + (f" ({subtitles[panel]})" if subtitles and panel in subtitles else ""), fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def accuracy_histograms(
+    histograms: Mapping[str, Mapping[str, Mapping[str, int]]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Problems per per-problem-accuracy bin: one panel per benchmark, grouped bars (one colour per model).
+
+    Args:
+        histograms: ``{benchmark: {model: {bin label: count}}}`` with the bins in display order
+            (:func:`reprokit.metrics.functional.accuracy_histogram` gives them so).
+    """
+    fig, axes = _figure(len(histograms), width=5.6)
+    for ax, (panel, by_model) in zip(axes, histograms.items()):
+        models = list(by_model)
+        labels = list(next(iter(by_model.values())).keys()) if models else []
+        width = 0.8 / max(len(models), 1)
+        for m, model in enumerate(models):
+            xs = [i - 0.4 + width * (m + 0.5) for i in range(len(labels))]
+            ax.bar(xs, [by_model[model].get(label, 0) for label in labels], width=width, label=model)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+        ax.set_xlabel("per-problem accuracy")
+        ax.set_ylabel("problems")
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def box_plots(
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | Path,
+    *,
+    ylabel: str = "",
+    title: str | None = None,
+    log_y: bool = False,
+    clip_quantile: float | None = None,
+) -> Path:
+    """One panel per benchmark, one box per label (whiskers at 1.5 IQR, outliers as dots).
+
+    Args:
+        values: ``{benchmark: {label: [values]}}``; a label without values gets an empty slot.
+        clip_quantile: e.g. 0.99: the y axis spans the panel's [1 - q, q] quantiles, so that a few far outliers
+            do not squash every box into a line; the panel title says how many points lie off the axis.
+    """
+    fig, axes = _figure(len(values))
+    for ax, (panel, by_label) in zip(axes, values.items()):
+        labels = list(by_label)
+        data = [list(by_label[label]) for label in labels]
+        ax.boxplot(data, tick_labels=labels, showfliers=True, flierprops={"markersize": 2, "alpha": 0.4})
+        counts = [len(d) for d in data]
+        heading = f"{panel} ({', '.join(map(str, counts))} responses)"
+        flat = sorted(v for d in data for v in d)
+        if clip_quantile is not None and len(flat) > 1:
+            lo = flat[int((1 - clip_quantile) * (len(flat) - 1))]
+            hi = flat[int(round(clip_quantile * (len(flat) - 1)))]
+            hidden = sum(1 for v in flat if v < lo or v > hi)
+            if hidden and hi > lo:
+                pad = 0.08 * (hi - lo)
+                ax.set_ylim(lo - pad, hi + pad)
+                heading += f"\n{hidden} points beyond the {1 - clip_quantile:.0%}-{clip_quantile:.0%} range not shown"
+        ax.set_title(heading, fontsize=10)
+        ax.set_ylabel(ylabel)
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def bar_chart(
+    values: Mapping[str, Mapping[str, Mapping[str, float]]],
+    path: str | Path,
+    *,
+    ylabel: str = "",
+    title: str | None = None,
+) -> Path:
+    """Grouped bars: one panel per benchmark, one group per key, one bar per series within a group.
+
+    Args:
+        values: ``{benchmark: {group: {series: value}}}``; every group should have the same series.
+    """
+    fig, axes = _figure(len(values))
+    for ax, (panel, by_group) in zip(axes, values.items()):
+        groups = list(by_group)
+        series = list(dict.fromkeys(s for g in groups for s in by_group[g]))
+        width = 0.8 / max(len(series), 1)
+        for j, name in enumerate(series):
+            xs = [i - 0.4 + width * (j + 0.5) for i in range(len(groups))]
+            heights = [by_group[g].get(name, 0) for g in groups]
+            bars = ax.bar(xs, heights, width=width, label=name)
+            ax.bar_label(bars, fontsize=7)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
