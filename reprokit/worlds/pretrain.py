@@ -1,0 +1,276 @@
+"""The arithmetic world's base model: built from a config, pretrained on CPU, cached by config hash.
+
+``pretrain_base(cfg)`` trains a small Llama-architecture model (same module names as the kit's Qwen2.5
+base models, so LoRA targets carry over) from random init on the noisy-teacher corpus, saves it with its tokenizer under ``<cache_dir>/<config hash>/`` and measures pass@k on the
+test split and the hard slice. Later calls with an equal config only return the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reprokit.lm import CausalLMModule, SFTDataModule, sample_completions
+from reprokit.worlds.arith import (
+    Problem,
+    WorldConfig,
+    build_corpus,
+    build_tokenizer,
+    config_hash,
+    export_splits,
+    grade,
+    make_splits,
+    max_response_chars,
+    parse_question,
+    render_prompt,
+)
+
+__all__ = [
+    "build_model",
+    "default_cache_dir",
+    "evaluate_pass_at_k",
+    "load_base",
+    "load_world_config",
+    "pass_at_k",
+    "pretrain_base",
+]
+
+
+def default_cache_dir() -> Path:
+    """``$REPROKIT_CACHE/worlds`` if set, else ``~/.cache/reprokit/worlds``."""
+    root = os.environ.get("REPROKIT_CACHE")
+    return Path(root) / "worlds" if root else Path.home() / ".cache" / "reprokit" / "worlds"
+
+
+def _local_pass_at_k(n: int, c: int, k: int) -> float:
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+try:
+    from reprokit.metrics.functional import pass_at_k
+except ImportError:  # the metrics package is optional for the world
+    pass_at_k = _local_pass_at_k
+
+
+def _idle_cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        load = 0.0
+    return max(1, cores - round(load))
+
+
+def build_model(cfg: WorldConfig, tokenizer: Any):
+    """A randomly initialised Llama causal LM sized by ``cfg`` (seeded by ``cfg.seed``).
+
+    Llama rather than Qwen2: for a folder whose config says ``qwen2``, ``AutoTokenizer`` replaces the
+    saved character tokenizer with ``Qwen2Tokenizer``, which silently drops the newline character.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return LlamaForCausalLM(config)
+
+
+def load_base(path: str | Path):
+    """(model, tokenizer) saved by :func:`pretrain_base`; the model in eval mode."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.eval()
+    return model, PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def load_world_config(path: str | Path) -> WorldConfig:
+    """The :class:`WorldConfig` a base-model folder was built from (its ``world.json``)."""
+    return WorldConfig.from_dict(json.loads((Path(path) / "world.json").read_text()))
+
+
+def evaluate_pass_at_k(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    n: int,
+    ks: Sequence[int],
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 512,
+    seed: int = 0,
+    modulus: int | None = None,
+) -> dict:
+    """Sample ``n`` solutions per problem (prompt = question + PROMPT_SEPARATOR) and grade them.
+
+    Returns ``{"pass@k": mean unbiased pass@k, ..., "n", "temperature", "top_p", "num_problems",
+    "num_correct": [c per problem], "ids": [...], "steps": [...]}``; ks above n are left out.
+    ``problems`` may be any objects with ``question`` and ``answer`` (``id``/``steps`` if present).
+    ``max_new_tokens`` defaults to the longest solution of the longest problem (values below ``modulus``,
+    default 10) plus a margin, so a model that never stops is cut off soon after.
+    """
+    if max_new_tokens is None:
+        longest = max(len(parse_question(p.question)[1]) for p in problems)
+        max_new_tokens = max_response_chars(longest, 10 if modulus is None else modulus) + 8
+    completions = sample_completions(
+        model,
+        tokenizer,
+        [render_prompt(p.question) for p in problems],
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    correct = [int(sum(grade(c, p.answer) for c in comps)) for p, comps in zip(problems, completions)]
+    out: dict = {}
+    for k in ks:
+        if k <= n:
+            out[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(problems)
+    out.update(
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        num_problems=len(problems),
+        num_correct=correct,
+        ids=[getattr(p, "id", str(i)) for i, p in enumerate(problems)],
+        steps=[getattr(p, "steps", None) for p in problems],
+    )
+    return out
+
+
+def _powers_of_two(n: int) -> list[int]:
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    return ks
+
+
+def pretrain_base(
+    cfg: WorldConfig, cache_dir: str | Path | None = None, progress: bool = True, threads: int | None = None
+) -> Path:
+    """Pretrain the world's base model (or reuse the cached one) and return its folder.
+
+    The folder ``<cache_dir>/<config_hash(cfg)>/`` holds the model and tokenizer (``save_pretrained``;
+    load with :func:`load_base`), ``world.json`` (the config), ``base_metrics.json`` (parameter count,
+    training time, tokens/s, pass@k on test and hard), ``train/test/hard.jsonl`` and the TensorBoard
+    logs. It appears only once complete, so an interrupted run leaves no half-written cache.
+    ``threads`` sets ``torch.set_num_threads``; by default it is the number of cores this process may
+    use minus the current load average (at least 1), because on a machine shared with other jobs
+    busy-waiting OpenMP threads stall each other (measured on 2 busy cores: 1 thread ~4 500 tokens/s,
+    2 threads 300-1 200; on 2 idle cores 2 threads ~9 500).
+    """
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    out = cache_dir / config_hash(cfg)
+    if (out / "base_metrics.json").is_file():
+        print(f"[reprokit.worlds] base model cached at {out}")
+        return out
+
+    threads = _idle_cores() if threads is None else threads
+    torch.set_num_threads(threads)
+    print(f"[reprokit.worlds] pretraining the base model into {out} ({threads} CPU threads)")
+    tmp = cache_dir / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    splits = make_splits(cfg)
+    corpus = build_corpus(cfg, splits)
+    tokenizer = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    L.seed_everything(cfg.seed, verbose=False)
+    data = SFTDataModule(corpus, tokenizer, batch_size=cfg.batch_size, max_length=1024, seed=cfg.seed)
+    module = CausalLMModule(model, lr=cfg.lr, weight_decay=0.1, warmup_steps=cfg.warmup_steps, lr_schedule="cosine")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=cfg.pretrain_steps,
+        logger=TensorBoardLogger(str(tmp), name="logs", version="pretrain"),
+        default_root_dir=str(tmp),
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        gradient_clip_val=1.0,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    train_s = time.perf_counter() - started
+    final_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "world.json").write_text(json.dumps({"config_hash": out.name, **cfg.to_dict()}, indent=2) + "\n")
+    export_splits(cfg, tmp, splits)
+
+    # Measure what was saved, not the in-memory object, so base_metrics.json describes the cache.
+    model, tokenizer = load_base(tmp)
+    metrics = {
+        "parameters": n_params,
+        "train_seconds": round(train_s, 1),
+        "train_tokens": module.tokens_seen,
+        "tokens_per_s": round(module.tokens_seen / train_s, 1),
+        "threads": threads,
+        "final_train_loss": final_loss,
+    }
+    ks = _powers_of_two(cfg.eval_samples)
+    for name, problems in (("test", splits.test), ("hard", splits.hard)):
+        started = time.perf_counter()
+        result = evaluate_pass_at_k(
+            model, tokenizer, problems, n=cfg.eval_samples, ks=ks, temperature=cfg.eval_temperature, seed=cfg.seed
+        )
+        metrics[name] = {k: v for k, v in result.items() if k.startswith("pass@")}
+        metrics[name]["by_steps"] = _by_steps(result, ks)
+        metrics[name]["eval_seconds"] = round(time.perf_counter() - started, 1)
+        print(f"[reprokit.worlds] base {name}: " + ", ".join(f"{k} {metrics[name][f'pass@{k}']:.3f}" for k in ks))
+    (tmp / "base_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    if out.exists():  # a concurrent run finished first; keep its result
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    print(f"[reprokit.worlds] base model saved at {out}")
+    return out
+
+
+def _by_steps(result: dict, ks: Sequence[int]) -> dict:
+    """pass@k per step count: {steps: {"pass@1": ..., "pass@<n>": ...}}."""
+    groups: dict[int, list[int]] = {}
+    for s, c in zip(result["steps"], result["num_correct"]):
+        groups.setdefault(s, []).append(c)
+    n = result["n"]
+    return {
+        str(s): {f"pass@{k}": sum(pass_at_k(n, c, k) for c in cs) / len(cs) for k in (ks[0], ks[len(ks) // 2], ks[-1])}
+        for s, cs in sorted(groups.items())
+    }
