@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from reprokit.rewards.choice import choice_reward, numeric_reward
 from reprokit.rewards.math import extract_boxed, is_equivalent, math_reward
 
 RewardFn = Callable[..., list[float]]
 """``(completions: list[str], answers: list[str], **row_fields) -> list[float]``, one per completion."""
 
-REWARDS: dict[str, RewardFn] = {"math": math_reward}
+REWARDS: dict[str, RewardFn] = {"math": math_reward, "choice": choice_reward, "numeric": numeric_reward}
 """Built-in rewards by name."""
 
 __all__ = ["REWARDS", "RewardFn", "extract_boxed", "get_reward", "is_equivalent", "math_reward"]
