@@ -62,7 +62,7 @@ __all__ = [
     "build_tokenizer",
     "config_hash",
     "export_splits",
-    "extract_boxed_int",
+    "last_boxed",
     "grade",
     "make_splits",
     "max_response_chars",
@@ -86,7 +86,7 @@ PROMPT_FORMAT = "{question}" + PROMPT_SEPARATOR
 EOS_TOKEN = "<|endoftext|>"
 
 # Bumped whenever problem sampling, solution text or training changes meaning, so old caches are not reused.
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
 
 @dataclass
@@ -426,7 +426,7 @@ def max_response_chars(steps: int, modulus: int = 10) -> int:
 # ---------------------------------------------------------------------------------------------- grading
 
 
-def extract_boxed_int(text: str) -> str | None:
+def last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` (balanced braces), stripped; None if there is none."""
     start = text.rfind("\\boxed{")
     if start < 0:
@@ -451,7 +451,7 @@ def grade(completion: str, answer: str) -> float:
     Integers compare by value (``\\boxed{+07}`` matches ``7``), as the kit's math reward does; anything
     that is not a plain integer must match the answer's text exactly.
     """
-    pred = extract_boxed_int(completion)
+    pred = last_boxed(completion)
     if pred is None:
         return 0.0
     gold = answer.strip()

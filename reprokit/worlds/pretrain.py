@@ -181,7 +181,8 @@ def pretrain_base(
 
     The folder ``<cache_dir>/<config_hash(cfg)>/`` holds the model and tokenizer (``save_pretrained``;
     load with :func:`load_base`), ``world.json`` (the config), ``base_metrics.json`` (parameter count,
-    training time, tokens/s, pass@k on test and hard), ``train/test/hard.jsonl`` and the TensorBoard
+    training time, tokens/s, pass@k on test and hard, correct samples per problem out of
+    ``cfg.eval_samples``), ``train/test/hard.jsonl`` and the TensorBoard
     logs. It appears only once complete, so an interrupted run leaves no half-written cache.
     ``threads`` sets ``torch.set_num_threads``; by default it is the number of cores this process may
     use minus the current load average (at least 1), because on a machine shared with other jobs
@@ -252,6 +253,9 @@ def pretrain_base(
         )
         metrics[name] = {k: v for k, v in result.items() if k.startswith("pass@")}
         metrics[name]["by_steps"] = _by_steps(result, ks)
+        # Per-problem counts let later studies compare solved sets with the base without sampling it again.
+        metrics[name]["num_correct"] = dict(zip(result["ids"], result["num_correct"]))
+        metrics[name]["n"] = cfg.eval_samples
         metrics[name]["eval_seconds"] = round(time.perf_counter() - started, 1)
         print(f"[reprokit.worlds] base {name}: " + ", ".join(f"{k} {metrics[name][f'pass@{k}']:.3f}" for k in ks))
     (tmp / "base_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
