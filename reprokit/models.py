@@ -10,7 +10,8 @@ Example::
         ref_logits = model(input_ids).logits
 
 ``name_or_path: tiny`` (or ``tiny:llama``) builds a small random model and a character tokenizer in-process,
-so tests and the CPU presets go through the same loading code without a download.
+so tests go through the same loading code without a download; ``name_or_path: world`` is the CPU world's
+base model (pretrained from scratch on first use and cached), which the CPU presets train.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 QUANTIZATIONS = ("nf4", "none")
+# name_or_path of the CPU world's base model (reprokit.worlds.resources builds or finds it).
+WORLD_MODEL = "world"
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 TINY_ARCHS = ("qwen2", "llama")
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -91,7 +94,8 @@ class ModelConfig:
     """Which causal LM to train and how: base precision, LoRA adapter, memory savers."""
 
     name_or_path: str = "Qwen/Qwen2.5-Math-1.5B"
-    """Hub id or local directory (config.json, weights, tokenizer); `tiny` / `tiny:llama` = a random tiny model."""
+    """Hub id or local directory (config.json, weights, tokenizer); `tiny` / `tiny:llama` = a random tiny model;
+    `world` = the CPU world's base model (pretrained on first use, then cached)."""
     quantization: Literal["nf4", "none"] = "nf4"
     """Frozen base weights: `nf4` = 4-bit NormalFloat through bitsandbytes (QLoRA), `none` = full precision."""
     double_quant: bool = True
@@ -245,6 +249,10 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None
         model, tokenizer = _load_tiny(cfg, device, dtype)
     else:
         source = _resolve_source(cfg.name_or_path)
+        if source == WORLD_MODEL:
+            from reprokit.worlds.resources import world_base_path
+
+            source = str(world_base_path())
         tokenizer = _load_tokenizer(source, cfg)
         model = _load_model(source, cfg, device, dtype)
 
@@ -267,6 +275,8 @@ def _require_bitsandbytes() -> None:
 def _resolve_source(name: str) -> str:
     """An existing local model directory, or a string that can only be a Hub id."""
     path = Path(name).expanduser()
+    if name == WORLD_MODEL and not path.exists():
+        return name
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(
@@ -280,7 +290,7 @@ def _resolve_source(name: str) -> str:
         f"ModelConfig.name_or_path={name!r}: no such directory ({path.absolute()}), and it is not a Hub id "
         "(owner/name). Pass an existing local directory holding config.json, the weights and the tokenizer "
         "(e.g. `name_or_path: /models/Qwen2.5-Math-1.5B` after `hf download Qwen/Qwen2.5-Math-1.5B "
-        "--local-dir /models/Qwen2.5-Math-1.5B`), a Hub id, or `tiny`."
+        "--local-dir /models/Qwen2.5-Math-1.5B`), a Hub id, `tiny`, or `world` (the CPU world's base model)."
     )
 
 

@@ -228,6 +228,7 @@ def test_pretrain_base_caches(tmp_path):
     metrics = json.loads((path / "base_metrics.json").read_text())
     assert metrics["parameters"] > 0 and metrics["tokens_per_s"] > 0
     assert set(metrics["test"]) >= {"pass@1", "pass@2"} and set(metrics["hard"]) >= {"pass@1", "pass@2"}
+    assert list(metrics["test"]["num_correct"]) == [p.id for p in make_splits(TINY).test]
     assert not list(tmp_path.glob(".*partial*"))
 
     started = time.perf_counter()
@@ -247,3 +248,32 @@ def test_pretrain_base_caches(tmp_path):
     result = evaluate_pass_at_k(model, tok, make_splits(TINY).test[:3], n=4, ks=[1, 4, 8], seed=0)
     assert set(result) >= {"pass@1", "pass@4", "num_correct", "ids"} and "pass@8" not in result
     assert result == evaluate_pass_at_k(model, tok, make_splits(TINY).test[:3], n=4, ks=[1, 4, 8], seed=0)
+
+
+def test_world_splits_are_kit_benchmarks_and_one_shot_examples():
+    from reprokit.data import DataError, OneShotDataModule, load_benchmark
+    from reprokit.worlds.resources import world_examples
+
+    splits = make_splits(WorldConfig())
+    test = load_benchmark("world_test")
+    assert [e.id for e in test] == [f"world_test/{p.id}" for p in splits.test]
+    assert [e.answer for e in test] == [p.answer for p in splits.test]
+    assert {e.fields["benchmark"] for e in test} == {"world_test"}
+    hard = load_benchmark("world_hard", limit=3)
+    assert [e.question for e in hard] == [p.question for p in splits.hard[:3]]
+    assert min(e.fields["steps"] for e in hard) > WorldConfig().max_steps
+
+    chosen = world_examples("world:train-00007,train-00003")
+    assert [(e.id, e.answer) for e in chosen] == [(p.id, p.answer) for p in (splits.train[7], splits.train[3])]
+    tokenizer = build_tokenizer(WorldConfig())
+    data = OneShotDataModule(tokenizer, examples="world:train-00007", batch_size=4, template=PROMPT_FORMAT, cot_suffix=False)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch.answers == [splits.train[7].answer] * 4
+    assert tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()]) == PROMPT_FORMAT.format(
+        question=splits.train[7].question
+    )
+    with pytest.raises(DataError, match="train-12345.*world:train-00000"):
+        world_examples("world:train-12345")
+    with pytest.raises(DataError, match="world_test"):
+        load_benchmark("no_such_benchmark")

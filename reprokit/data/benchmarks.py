@@ -62,7 +62,8 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
     """Load a benchmark as examples; ``fields["benchmark"]`` holds its name and ids are ``"<name>/<row>"``.
 
     Args:
-        name: a key of :data:`BENCHMARKS`.
+        name: a key of :data:`BENCHMARKS`, or ``world_test`` / ``world_hard`` (the CPU world's test split and
+            harder slice, see :mod:`reprokit.worlds.resources`).
         data_dir: folder with ``eval/<name>/*.jsonl`` (or the ``eval`` folder itself); default
             ``$REPROKIT_DATA_DIR``. Without a local copy the Hub is tried.
         limit: keep only the first ``limit`` problems (quick runs).
@@ -71,10 +72,15 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
         DataError: unknown name, or neither a local copy nor the Hub is reachable (the message lists
             what was tried and how to point at a local copy).
     """
-    if name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
+    from reprokit.worlds.resources import WORLD_BENCHMARKS, world_benchmark
+
+    if name not in BENCHMARKS and name not in WORLD_BENCHMARKS:
+        available = ", ".join([*BENCHMARKS, *WORLD_BENCHMARKS])
+        raise DataError(f"unknown benchmark {name!r}; available: {available}")
     if limit is not None and limit < 1:
         raise DataError(f"limit={limit} must be a positive number of problems (or None for all)")
+    if name in WORLD_BENCHMARKS:  # generated in-process from the CPU world's seed: no file to find
+        return world_benchmark(name, limit)
     spec = BENCHMARKS[name]
     roots = [Path(data_dir)] if data_dir is not None else []
     if data_dir is None and os.environ.get("REPROKIT_DATA_DIR"):

@@ -142,8 +142,8 @@ class OneShotDataModule(_PromptDataModule):
 
     Args:
         tokenizer: the policy's transformers tokenizer.
-        examples: embedded names (``"pi1"``, ``"pi1,pi13"``), a data file for :func:`read_examples`,
-            or a list of :class:`Example`.
+        examples: embedded names (``"pi1"``, ``"pi1,pi13"``), CPU-world train problems (``"world:train-00042"``),
+            a data file for :func:`read_examples`, or a list of :class:`Example`.
         label: for embedded π1, ``"dataset"`` (12.8, what the paper trained on) or ``"true"`` (12.7).
         question_field / answer_field / id_field: fields when ``examples`` is a file.
         template: prompt template name or ``{question}`` format string.
@@ -202,6 +202,10 @@ class OneShotDataModule(_PromptDataModule):
         source = self.examples
         if not isinstance(source, (str, Path)):
             return list(source)
+        if str(source).startswith("world:"):
+            from reprokit.worlds.resources import world_examples
+
+            return world_examples(str(source))
         if Path(source).exists():
             return read_examples(
                 source, question_field=self.question_field, answer_field=self.answer_field, id_field=self.id_field
