@@ -192,13 +192,19 @@ def parse_options(argv: list[str] | None = None) -> EntropyOptions:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog=f"python -m reprokit.recipes.{RECIPE}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", type=str | None, default=None, help=f"Preset from recipes/{RECIPE}/ (cpu, qwen2.5-math-1.5b); default: cpu without a CUDA device")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file of options (a copied and edited preset); later flags override it")
+    parser.add_argument(
+        "--preset", type=str | None, default=None,
+        help=f"Preset from recipes/{RECIPE}/ (cpu, qwen2.5-math-1.5b); default: cpu without a CUDA device",
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML file of options (a copied and edited preset); later flags override it"
+    )
     parser.add_class_arguments(EntropyOptions, as_group=True)
     argv = list(sys.argv[1:] if argv is None else argv)
     preset = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"), None)
     preset = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")), preset)
-    if preset is None and not any(a == "--config" or a.startswith("--config=") for a in argv) and not torch.cuda.is_available():
+    has_config = any(a == "--config" or a.startswith("--config=") for a in argv)
+    if preset is None and not has_config and not torch.cuda.is_available():
         preset = "cpu"
         print("[reprokit] no --preset given: using preset 'cpu' (no CUDA device found)")
     if preset is not None:
@@ -339,7 +345,8 @@ def read_samples(path: str | Path, tokenizer, opts: EntropyOptions) -> Responses
     out = Responses([], [], [], [], [], source=f"samples: {path} (model {model})")
     eos = tokenizer.eos_token_id
     position = {pid: i for i, pid in enumerate(order)}
-    for sample in sorted((s for s in samples if s.problem_id in keep), key=lambda s: (position[s.problem_id], s.sample_index)):
+    chosen = sorted((s for s in samples if s.problem_id in keep), key=lambda s: (position[s.problem_id], s.sample_index))
+    for sample in chosen:
         item = items[sample.problem_id]
         ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
         out.prompt_ids.append(list(item.input_ids))
@@ -397,8 +404,9 @@ def score_responses(model, responses: Responses, opts: EntropyOptions, desc: str
     """Entropy of softmax(logits / T) at every response position of every response, under ``model``."""
     decoder, lm_head = _network(model)
     device = next(model.parameters()).device
-    pad_id = 0
+    pad_id = 0  # padding is masked out of attention and cut from the results: any id will do
     pieces: list[torch.Tensor] = []
+    # Similar lengths share a batch (less padding); results are put back in response order at the end.
     order = sorted(range(len(responses)), key=lambda i: len(responses.prompt_ids[i]) + len(responses.response_ids[i]))
     by_index: dict[int, torch.Tensor] = {}
     for begin in tqdm(range(0, len(order), opts.score_batch_size), desc=desc, unit="batch", leave=False):
@@ -416,7 +424,8 @@ def score_responses(model, responses: Responses, opts: EntropyOptions, desc: str
             mask[j, width_p - len(p) : width_p + len(r)] = 1
         seq, mask = seq.to(device), mask.to(device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L+T]
-        hidden = decoder(input_ids=seq, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state  # [B, L+T, H]
+        out = decoder(input_ids=seq, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state  # [B, L+T, H]
         # The hidden state at position i predicts token i+1: the response's tokens are predicted from width_p - 1 on.
         hidden = hidden[:, width_p - 1 : -1]  # [B, T, H]
         labels = seq[:, width_p:]  # [B, T]
@@ -525,9 +534,8 @@ def overlap_by_step(responses: Responses, base: Scores, opts: EntropyOptions) ->
         metric = HighEntropyOverlap(rho=opts.rho)
         metric.update(base.entropy, scores.entropy)
         overlap = float(metric.compute())
-        rows.append(
-            {"step": step, "checkpoint": str(path), "overlap": overlap, "entropy_mean": float(scores.entropy.double().mean())}
-        )
+        mean = float(scores.entropy.double().mean())
+        rows.append({"step": step, "checkpoint": str(path), "overlap": overlap, "entropy_mean": mean})
         print(f"[reprokit] step {step}: top-{opts.rho:.0%} overlap with the base {overlap:.3f}")
     return rows, values
 
@@ -573,19 +581,35 @@ def _figure(width: float, height: float):
 
 
 def plot_histogram(entropy: torch.Tensor, stats: dict, path: Path) -> None:
+    """Two views of one distribution: linear entropy axis (as the paper plots it) and log10 entropy, where the
+    near-deterministic majority below 0.01 nats is resolved too."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     values = entropy.double().numpy()
-    fig, ax = _figure(6, 3.6)
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    linear, logarithmic = fig.subplots(1, 2)
     top = max(float(values.max()) if values.size else 1.0, 1e-3)
-    ax.hist(values, bins=np.linspace(0, top, 61), color="tab:blue", alpha=0.85)
-    ax.set_yscale("log")
-    ax.axvline(stats["p80"], color="tab:red", ls="--", lw=1, label=f"80th percentile {stats['p80']:.3f}")
-    ax.set_xlabel("token entropy (nats)")
-    ax.set_ylabel("tokens (log scale)")
-    ax.set_title(
-        f"{stats['num_tokens']} response tokens: mean {stats['mean']:.3f}, {stats['frac_low']:.0%} below 0.01",
-        fontsize=9,
+    linear.hist(values, bins=np.linspace(0, top, 61), color="tab:blue", alpha=0.85)
+    linear.set_yscale("log")
+    linear.set_xlabel("token entropy (nats)")
+    linear.set_ylabel("tokens (log scale)")
+    floor = 1e-8  # exact zeros (one-hot distributions) land in the first bin of the log view
+    logs = np.log10(np.clip(values, floor, None))
+    logarithmic.hist(logs, bins=60, color="tab:blue", alpha=0.85)
+    logarithmic.axvline(np.log10(0.01), color="gray", ls=":", lw=1, label="0.01 nats")
+    logarithmic.set_xlabel("log10 token entropy (nats)")
+    logarithmic.set_ylabel("tokens")
+    for ax in (linear, logarithmic):
+        p80 = stats["p80"] if ax is linear else np.log10(max(stats["p80"], floor))
+        ax.axvline(p80, color="tab:red", ls="--", lw=1, label=f"80th percentile {stats['p80']:.3g}")
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{stats['num_tokens']} response tokens: mean {stats['mean']:.3f} nats, "
+        f"{stats['frac_low']:.0%} below 0.01, 80th percentile {stats['p80']:.3g}",
+        fontsize=10,
     )
-    ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
 
 
