@@ -277,3 +277,20 @@ def test_world_splits_are_kit_benchmarks_and_one_shot_examples():
         world_examples("world:train-12345")
     with pytest.raises(DataError, match="world_test"):
         load_benchmark("no_such_benchmark")
+
+
+def test_careful_marker_marks_only_careful_solutions_and_names_a_new_world():
+    marked = WorldConfig(careful_marker="#")
+    problem = make_splits(marked).train[0]
+    careful = write_solution(problem, "careful", marked)
+    assert careful.startswith("#\n") and grade(careful, problem.answer) == 1.0
+    rng = random.Random(0)
+    assert not any(write_solution(problem, "sloppy", marked, rng).startswith("#") for _ in range(20))
+    assert "#" in alphabet(marked) and "#" not in alphabet(WorldConfig())
+    assert not write_solution(problem, "careful", WorldConfig()).startswith("#")
+    assert config_hash(marked) != config_hash(WorldConfig())
+    corpus = build_corpus(dataclasses.replace(marked, corpus_size=400))
+    share = sum(s.startswith("#") for _, s in corpus) / len(corpus)
+    assert abs(share - (1 - marked.sloppy_fraction)) < 0.07
+    with pytest.raises(ValueError, match="careful_marker"):
+        WorldConfig(careful_marker="7")

@@ -130,6 +130,11 @@ class WorldConfig:
     sloppy_error_rate * w, w ~ Gamma(mean 1, coefficient of variation = this), clipped to 1; 0 makes
     every fact equally error-prone. The wrong result of a fact is always the same digit (a fixed
     misconception), so some problems are hard for the base model and others easy."""
+    careful_marker: str = ""
+    """A line the careful teacher writes before its steps (e.g. "#"); sloppy solutions never have it. Empty
+    (the default): careful and sloppy solutions look alike, and only the digits tell them apart. With a
+    marker, "be careful" is a mode the base can be switched into by its first token, which is what 1-shot RL
+    needs to generalize (see README, "What the CPU world shows")."""
     hidden_size: int = 128
     """Base model width."""
     num_layers: int = 4
@@ -179,6 +184,11 @@ class WorldConfig:
             )
         if self.sloppy_error_spread < 0:
             raise ValueError(f"WorldConfig.sloppy_error_spread={self.sloppy_error_spread}: must be >= 0")
+        if len(self.careful_marker) > 4 or any(c.isdigit() or c.isspace() or c in "\\{}" for c in self.careful_marker):
+            raise ValueError(
+                f"WorldConfig.careful_marker={self.careful_marker!r}: use at most 4 characters, none of them a digit, "
+                "a space or newline, a backslash or a brace (they would read as part of a step or the answer), e.g. '#'"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"WorldConfig.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
         for name in ("num_train", "num_test", "num_hard", "corpus_size", "pretrain_steps", "batch_size", "eval_samples"):
@@ -198,7 +208,10 @@ class WorldConfig:
 
 def config_hash(cfg: WorldConfig) -> str:
     """A short stable name for ``cfg`` (and the world's code version): the base model's cache folder."""
-    text = json.dumps({"version": WORLD_VERSION, **cfg.to_dict()}, sort_keys=True)
+    values = cfg.to_dict()
+    if not values["careful_marker"]:  # added after version 3: off, it leaves the hash (and the cache) as it was
+        del values["careful_marker"]
+    text = json.dumps({"version": WORLD_VERSION, **values}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -347,7 +360,8 @@ def teacher_error_rates(cfg: WorldConfig) -> dict[tuple[int, str, int], float]:
 def write_solution(problem: Problem | str, style: str, cfg: WorldConfig, rng: random.Random | None = None) -> str:
     """The solution text (without the prompt, without EOS) of ``problem`` in ``style``.
 
-    careful: one line ``a<op>b=c`` per step, all correct, then ``\\boxed{answer}``.
+    careful: one line ``a<op>b=c`` per step, all correct, then ``\\boxed{answer}``; preceded by a line
+    ``cfg.careful_marker`` when that is set.
     sloppy: the same, but the result of fact a<op>b is written as that fact's fixed wrong digit with
     the fact's error rate (see ``WorldConfig.sloppy_error_spread``); later steps start from the
     written (wrong) value and the box holds the values as written. Needs ``rng``.
@@ -360,7 +374,7 @@ def write_solution(problem: Problem | str, style: str, cfg: WorldConfig, rng: ra
         if style == "sloppy" and rng is None:
             raise ValueError("write_solution(style='sloppy') needs rng=random.Random(...)")
         habits = _misconceptions(cfg.seed, m, cfg.operations, cfg.sloppy_error_rate, cfg.sloppy_error_spread)
-        values, lines = [start], []
+        values, lines = [start], [cfg.careful_marker] if style == "careful" and cfg.careful_marker else []
         for op, x in ops:
             result = apply_op(values[-1], op, x, m)
             if style == "sloppy":
@@ -471,7 +485,7 @@ def reward(completions: list[str], answers: list[str], **fields) -> list[float]:
 def alphabet(cfg: WorldConfig) -> list[str]:
     """Every character any question, prompt or solution style of this world can contain, sorted."""
     chars = set("0123456789"[: min(cfg.modulus, 10)] if cfg.modulus <= 10 else "0123456789")
-    chars |= set(cfg.operations) | set("=|\n") | set("\\boxed{}") | set(PROMPT_SEPARATOR)
+    chars |= set(cfg.operations) | set("=|\n") | set("\\boxed{}") | set(PROMPT_SEPARATOR) | set(cfg.careful_marker)
     return sorted(chars)
 
 
