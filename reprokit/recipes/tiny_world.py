@@ -12,9 +12,11 @@ pretraining saw), token-entropy statistics and the top forking tokens, per-probl
 the solved-set overlap with the base.
 
 Where it departs from the papers: a 1–10 M-parameter model instead of 1.5–32 B; LoRA adapters (rank 32)
-on a full-precision base (4-bit quantization of a model this small destroys it); a synthetic task instead
-of MATH; far fewer steps. When the full-data run saw each example only once (quick mode), the variance
-rule has one accuracy per example and falls back to p(1 − p), the variance of its 0/1 reward.
+on a full-precision base (the `one_shot` recipe's `cpu` preset trains the same base in NF4, which keeps its
+pass@1); a synthetic task instead of MATH; far fewer steps; the full-data RL runs draw from the first 320
+train problems (`--study.train_problems`), so that 60 steps are 3 epochs and the variance rule has 3
+accuracies per problem. When the full-data run saw each example only once, the variance rule has one
+accuracy per example and falls back to p(1 − p), the variance of its 0/1 reward.
 
 Outputs in --study.run_dir: findings.json, pass_at_k.png, entropy_histogram.png, accuracy_histograms.png,
 and TensorBoard logs of every training under tb/ folders of grpo/, one_shot/, focal/, distill/.
@@ -65,6 +67,10 @@ class StudyConfig:
     """Seed of RL sampling and data order."""
     rl_steps: int = 60
     """GRPO updates of each RL run (full-data, one-shot, focal)."""
+    train_problems: int | None = 320
+    """Train-split problems the full-data RL runs (grpo, focal) draw from, the first N (None = all 1000). At
+    320 and 16 prompts per step, 60 steps are 3 epochs: the variance rule that picks the 1-shot example
+    (PAPERS.md §2) then sees 3 accuracies per problem, as the paper's rule needs several epochs of history."""
     prompts_per_step: int = 16
     """Prompts per rollout batch; each gets group_size responses."""
     group_size: int = 8
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     clean = cfg.clone()
     del clean["config"], clean["quick"]
-    (run_dir / "config.yaml").write_text(parser.dump(clean, skip_none=False))
+    (run_dir / "config.yaml").write_text(parser.dump(clean, skip_unset=False))
     return run_study(study, init.world, run_dir)
 
 
@@ -128,6 +134,11 @@ def run_study(study: StudyConfig, world: WorldConfig, run_dir: Path) -> dict:
     print(f"[reprokit] base model: {base_path}")
     paths = export_splits(world, run_dir / "data")
     splits = make_splits(world)
+    rl_train = splits.train[: study.train_problems]
+    paths["rl_train"] = run_dir / "data" / "rl_train.jsonl"
+    paths["rl_train"].write_text("".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in rl_train))
+    epochs = study.rl_steps * study.prompts_per_step / len(rl_train)
+    print(f"[reprokit] RL train set: {len(rl_train)} problems, {epochs:.1f} epochs in {study.rl_steps} steps")
     test, hard = splits.test[: study.eval_test_problems], splits.hard[: study.eval_hard_problems]
 
     base_model, tokenizer = _load(base_path, study, lora=False)
@@ -135,10 +146,10 @@ def run_study(study: StudyConfig, world: WorldConfig, run_dir: Path) -> dict:
 
     t = time.perf_counter()
     grpo_dir = run_dir / "grpo"
-    models["grpo"] = _train_grpo(base_path, study, world, grpo_dir, _math_data(paths["train"], study), _rl_config(study, world, accuracy_file=grpo_dir / "example_accuracy.json"))
+    models["grpo"] = _train_grpo(base_path, study, world, grpo_dir, _math_data(paths["rl_train"], study), _rl_config(study, world, accuracy_file=grpo_dir / "example_accuracy.json"))
     timings["grpo"] = time.perf_counter() - t
 
-    example, selection = _choose_one_shot_example(study, splits.train, grpo_dir / "example_accuracy.json")
+    example, selection = _choose_one_shot_example(study, rl_train, grpo_dir / "example_accuracy.json")
     print(f"[reprokit] one-shot example {example.id}: {example.question.strip()} (answer {example.answer}; {selection})")
     t = time.perf_counter()
     one_shot_data = lambda tok: OneShotDataModule(tok, examples=[example], batch_size=study.prompts_per_step, template=PROMPT_FORMAT, cot_suffix=False, seed=study.seed)
@@ -147,7 +158,7 @@ def run_study(study: StudyConfig, world: WorldConfig, run_dir: Path) -> dict:
 
     t = time.perf_counter()
     focal_cfg = _rl_config(study, world, epsilon_high=0.28, kl_coef=0.0, entropy_coef=0.0, top_entropy_quantile=0.2, dynamic_sampling=True)
-    models["focal"] = _train_grpo(base_path, study, world, run_dir / "focal", _math_data(paths["train"], study), focal_cfg)
+    models["focal"] = _train_grpo(base_path, study, world, run_dir / "focal", _math_data(paths["rl_train"], study), focal_cfg)
     timings["focal"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -65,12 +65,26 @@ except ImportError:  # the metrics package is optional for the world
 
 
 def _idle_cores() -> int:
+    """Cores this process may use minus those other jobs keep busy right now (at least 1).
+
+    "Right now" is the number of runnable tasks other than this one (``/proc/loadavg``, median of a few looks
+    over half a second), not the 1-minute load average, which counts this very process's own recent work:
+    a test session that has kept one core busy would otherwise train on one thread of an idle machine.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        load = os.getloadavg()[0]
-    except OSError:  # no load average on this platform
-        load = 0.0
-    return max(1, cores - round(load))
+        looks = []
+        for _ in range(5):
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+            looks.append(running - 1)  # the reading thread itself is runnable
+            time.sleep(0.1)
+        busy = sorted(looks)[len(looks) // 2]
+    except (OSError, ValueError, IndexError):  # no /proc: fall back on the load average
+        try:
+            busy = round(os.getloadavg()[0])
+        except OSError:
+            busy = 0
+    return max(1, cores - busy)
 
 
 def build_model(cfg: WorldConfig, tokenizer: Any):
@@ -185,7 +199,7 @@ def pretrain_base(
     ``cfg.eval_samples``), ``train/test/hard.jsonl`` and the TensorBoard
     logs. It appears only once complete, so an interrupted run leaves no half-written cache.
     ``threads`` sets ``torch.set_num_threads``; by default it is the number of cores this process may
-    use minus the current load average (at least 1), because on a machine shared with other jobs
+    use minus those other jobs are using (at least 1), because on a machine shared with other jobs
     busy-waiting OpenMP threads stall each other (measured on 2 busy cores: 1 thread ~4 500 tokens/s,
     2 threads 300-1 200; on 2 idle cores 2 threads ~9 500).
     """
