@@ -41,6 +41,7 @@ import torch
 from reprokit.data import Example, collate_prompts, tokenize_examples
 from reprokit.data.batching import get_pad_token_id
 from reprokit.data.templates import render_prompt, uses_chat_markup
+from reprokit.models import WORLD_MODEL
 
 __all__ = [
     "QUANTIZATION_CHOICES",
@@ -130,6 +131,8 @@ def resolve_model_spec(spec: str) -> ModelSource:
     spec = spec.strip()
     if spec == "tiny" or spec.startswith("tiny:"):
         return ModelSource("tiny", spec)
+    if spec == WORLD_MODEL and not Path(spec).exists():
+        return ModelSource("local", spec)  # the CPU world's base: its folder is found (or built) when loading
     path = Path(spec).expanduser()
     tried: list[str] = []
     if path.is_file():
@@ -177,7 +180,8 @@ def load_model_spec(
     Args:
         spec: a Hub id, a local model folder (a CPU-world base, a ``save_tiny`` folder), a peft adapter folder
             (loaded on top of its ``base_model_name_or_path``), a training checkpoint ``.../step-500.ckpt``
-            (with or without ``.ckpt``), a run folder (its ``checkpoints/last.ckpt``), or ``tiny`` / ``tiny:llama``.
+            (with or without ``.ckpt``), a run folder (its ``checkpoints/last.ckpt``), ``tiny`` / ``tiny:llama``, or
+            ``world`` (the CPU world's base model).
         quantization: ``nf4`` (4-bit base through bitsandbytes), ``none`` (full precision), or ``auto``: a
             checkpoint's base as it was trained (its config's ``model.quantization``), anything else ``none``.
         device: where to load; None = the current CUDA device when there is one, else the CPU.

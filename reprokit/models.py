@@ -249,10 +249,6 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None
         model, tokenizer = _load_tiny(cfg, device, dtype)
     else:
         source = _resolve_source(cfg.name_or_path)
-        if source == WORLD_MODEL:
-            from reprokit.worlds.resources import world_base_path
-
-            source = str(world_base_path())
         tokenizer = _load_tokenizer(source, cfg)
         model = _load_model(source, cfg, device, dtype)
 
@@ -273,10 +269,12 @@ def _require_bitsandbytes() -> None:
 
 
 def _resolve_source(name: str) -> str:
-    """An existing local model directory, or a string that can only be a Hub id."""
+    """An existing local model directory (`world`: the CPU world's base), or a string that can only be a Hub id."""
     path = Path(name).expanduser()
     if name == WORLD_MODEL and not path.exists():
-        return name
+        from reprokit.worlds.resources import world_base_path
+
+        return str(world_base_path())  # pretrained on first use, then read from the cache
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(

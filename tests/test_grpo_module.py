@@ -26,10 +26,14 @@ def _tb_events(run_dir: Path) -> list[Path]:
 
 def test_one_shot_cpu_preset_trains_lora_only_logs_checkpoints_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    summary, trainer, module = one_shot.run(["--preset", "cpu", "--run_dir", str(run_dir), "--max_steps", "2"])
+    argv = ["--preset", "cpu", "--run_dir", str(run_dir), "--max_steps", "2", "--run.checkpoint_every", "2"]
+    summary, trainer, module = one_shot.run(argv)
     assert trainer.global_step == 2 and summary["steps"] == 2
+    # The preset trains the CPU world's base on one world problem and tests it on the world's test split.
+    for when in ("before", "after"):
+        assert 0.0 < summary[when]["val/world_test/pass@1"] < 1.0, summary[when]
 
-    fresh, _ = load_policy(_cpu_model_config())  # the same seeded tiny model, untrained
+    fresh, _ = load_policy(_cpu_model_config())  # the same base, adapter untrained
     trained_lora = trainable_state_dict(module.model)
     initial_lora = trainable_state_dict(fresh)
     assert trained_lora.keys() == initial_lora.keys() and trained_lora

@@ -247,7 +247,9 @@ def test_training_checkpoint_spec(tmp_path):
     from reprokit.recipes import one_shot
 
     run_dir = tmp_path / "one_shot"
-    one_shot.run(["--preset", "cpu", "--run_dir", str(run_dir), "--max_steps", "1", "--run.progress_bar", "false"])
+    # The tiny model (any text) rather than the preset's world model, whose tokenizer only knows arithmetic.
+    argv = ["--preset", "cpu", "--model.name_or_path", "tiny", "--eval.benchmarks", "[]"]
+    one_shot.run([*argv, "--run_dir", str(run_dir), "--max_steps", "1", "--run.progress_bar", "false"])
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     for spec in (str(ckpt), str(ckpt.with_suffix("")), str(run_dir)):

@@ -19,7 +19,8 @@ entropy bonus 0.001 at the rollout temperature 0.6; token-mean loss; AdamW wd 0.
 checkpoint every 20 steps.
 
 Run `python -m reprokit.recipes.one_shot --help` for every option. With no CUDA device and no --preset
-it runs the `cpu` preset (a tiny model, a few steps) and says so.
+it runs the `cpu` preset and says so: the same recipe on the CPU world (`reprokit.worlds`), its 1 M-parameter
+base pretrained on first use, one world problem, test pass@1 printed before and after (about 3 minutes).
 """
 
 from __future__ import annotations
