@@ -121,7 +121,7 @@ def save_config(parser: ArgumentParser, cfg, run_dir: Path) -> Path:
     for key in ("config", "resume", "preset"):
         if key in clean:
             del clean[key]
-    path.write_text(parser.dump(clean, skip_none=False, skip_check=True))
+    path.write_text(parser.dump(clean, skip_unset=False, skip_validation=True))
     return path
 
 
