@@ -294,3 +294,13 @@ def test_careful_marker_marks_only_careful_solutions_and_names_a_new_world():
     assert abs(share - (1 - marked.sloppy_fraction)) < 0.07
     with pytest.raises(ValueError, match="careful_marker"):
         WorldConfig(careful_marker="7")
+
+
+def test_text_outside_the_world_alphabet_is_a_data_error_naming_example_and_characters():
+    from reprokit.data import DataError, Example, tokenize_examples
+
+    tokenizer = build_tokenizer(WorldConfig())
+    examples = [Example("ok", "3+4", "7"), Example("pi1", "Find x: 3+4", "7")]
+    with pytest.raises(DataError, match=r"example 'pi1'.*does not know: ' :Fin'.*world:<id>"):
+        tokenize_examples(examples, tokenizer, template=PROMPT_FORMAT, cot_suffix=False)
+    assert len(tokenize_examples(examples[:1], tokenizer, template=PROMPT_FORMAT, cot_suffix=False)) == 1

@@ -121,7 +121,10 @@ def tokenize_examples(
         raise DataError(f"max_prompt_length={max_prompt_length} must be at least 1 token")
     prompts = [render_prompt(ex.question, template, tokenizer, cot_suffix=cot_suffix) for ex in examples]
     # Chat-template text already holds the model's markers; plain text gets the usual BOS/EOS rules.
-    encoded = tokenizer(prompts, add_special_tokens=not uses_chat_markup(template))["input_ids"]
+    try:
+        encoded = tokenizer(prompts, add_special_tokens=not uses_chat_markup(template))["input_ids"]
+    except Exception as err:  # e.g. a character-level tokenizer without an unknown token meets a new character
+        raise _untokenizable(examples, prompts, tokenizer, err) from err
     items, too_long = [], []
     for example, prompt, ids in zip(examples, prompts, encoded):
         if len(ids) > max_prompt_length:
@@ -143,6 +146,24 @@ def tokenize_examples(
             raise DataError(f"{what}; every prompt is too long: raise max_prompt_length")
         warnings.warn(f"dropped {len(too_long)} prompt(s) (drop_long_prompts=True): {what}", stacklevel=2)
     return items
+
+
+def _untokenizable(examples: Sequence[Example], prompts: Sequence[str], tokenizer: Any, err: Exception) -> DataError:
+    """A DataError naming the first prompt the tokenizer cannot encode, and the characters it cannot."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    for example, prompt in zip(examples, prompts):
+        try:
+            tokenizer(prompt)
+        except Exception:
+            unknown = sorted({ch for ch in prompt if ch not in vocab}) if vocab else []
+            chars = f" (characters it does not know: {''.join(unknown)!r})" if unknown else ""
+            return DataError(
+                f"example '{example.id}': the model's tokenizer cannot encode its prompt{chars}: "
+                f"{type(err).__name__}: {err}. A character-level model such as the CPU world's (model 'world') "
+                "knows only its own task's characters: train it on its own problems (examples 'world:<id>', "
+                "template '{question}\\n', cot_suffix false), or choose a model that reads this data (e.g. 'tiny')"
+            )
+    return DataError(f"the model's tokenizer cannot encode these prompts: {type(err).__name__}: {err}")
 
 
 class PromptDataset(Dataset):
