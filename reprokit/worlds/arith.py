@@ -45,6 +45,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reprokit.rewards.math import extract_boxed
+
 __all__ = [
     "ANSWER_FORMATS",
     "EOS_TOKEN",
@@ -62,7 +64,6 @@ __all__ = [
     "build_tokenizer",
     "config_hash",
     "export_splits",
-    "last_boxed",
     "grade",
     "make_splits",
     "max_response_chars",
@@ -440,22 +441,6 @@ def max_response_chars(steps: int, modulus: int = 10) -> int:
 # ---------------------------------------------------------------------------------------------- grading
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (balanced braces), stripped; None if there is none."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
-    return None
-
-
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -465,10 +450,10 @@ def grade(completion: str, answer: str) -> float:
     Integers compare by value (``\\boxed{+07}`` matches ``7``), as the kit's math reward does; anything
     that is not a plain integer must match the answer's text exactly.
     """
-    pred = last_boxed(completion)
+    pred = extract_boxed(completion)
     if pred is None:
         return 0.0
-    gold = answer.strip()
+    pred, gold = pred.strip(), answer.strip()
     if _INT.fullmatch(pred) and _INT.fullmatch(gold):
         return float(int(pred) == int(gold))
     return float(pred == gold)
