@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import lightning as L
@@ -30,7 +29,8 @@ from reprokit.algorithms import (
     token_logprobs_and_entropy,
 )
 from reprokit.metrics import PassAtK
-from reprokit.models import eos_token_ids, load_trainable_state_dict, reference_model, trainable_state_dict
+from reprokit.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
+from reprokit.models import eos_token_ids, reference_model
 from reprokit.rewards import get_reward
 from reprokit.sampling import Completions, generate
 
@@ -575,41 +575,17 @@ class GRPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints: adapter + RNG, never the base
     def on_save_checkpoint(self, checkpoint: dict):
-        checkpoint["state_dict"] = {f"model.{k}": v for k, v in trainable_state_dict(self.model).items()}
-        checkpoint["rng_state"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # As plain tensors and numbers: Lightning loads checkpoints with weights_only=True.
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "python": random.getstate(),
-        }
+        checkpoint["state_dict"] = adapter_state_dict(self.model)
+        checkpoint["rng_state"] = rng_state()
         checkpoint["grpo_config"] = asdict(self.cfg)
         checkpoint["example_accuracy"] = {k: dict(v) for k, v in self._example_acc.items()}
 
     def on_load_checkpoint(self, checkpoint: dict):
-        adapter = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
-        load_trainable_state_dict(self.model, adapter)
-        # Lightning loads state_dict itself afterwards (non-strict); keep only keys the module really has.
-        checkpoint["state_dict"] = {f"model.{k}": v for k, v in adapter.items()}
-        rng = checkpoint.get("rng_state")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            np.random.set_state(_numpy_state_from_plain(rng["numpy"]))
-            random.setstate(rng["python"])
+        load_adapter_state_dict(self.model, checkpoint)
+        restore_rng_state(checkpoint.get("rng_state"))
         for example_id, by_epoch in checkpoint.get("example_accuracy", {}).items():
             for e, accs in by_epoch.items():
                 self._example_acc[example_id][int(e)] = list(accs)
-
-
-def _numpy_state_to_plain(state) -> dict:
-    name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _numpy_state_from_plain(state: dict):
-    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
 
 
 def config_from_dict(values: dict) -> GRPOConfig:

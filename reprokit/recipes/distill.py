@@ -30,20 +30,19 @@ from __future__ import annotations
 
 import csv
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from reprokit.data import render_prompt
 from reprokit.data.templates import uses_chat_markup
 from reprokit.lm import CausalLMModule, SFTDataModule, read_pairs
-from reprokit.models import ModelConfig, load_policy, load_trainable_state_dict, trainable_state_dict
+from reprokit.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
+from reprokit.models import ModelConfig, load_policy
 from reprokit.recipes.common import RunConfig, build_parser, build_trainer, last_checkpoint, parse, save_config
 
 RECIPE = "distill"
@@ -234,37 +233,14 @@ class DistillModule(CausalLMModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.lora:
-            checkpoint["state_dict"] = {f"model.{k}": v for k, v in trainable_state_dict(self.model).items()}
-        checkpoint["rng_state"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # Plain tensors and numbers: Lightning loads checkpoints with weights_only=True.
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "python": random.getstate(),
-        }
+            checkpoint["state_dict"] = adapter_state_dict(self.model)
+        checkpoint["rng_state"] = rng_state()
         checkpoint["finetune"] = "lora" if self.lora else "full"
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.lora:
-            adapter = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
-            load_trainable_state_dict(self.model, adapter)
-            checkpoint["state_dict"] = {f"model.{k}": v for k, v in adapter.items()}
-        rng = checkpoint.get("rng_state")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            np.random.set_state(_numpy_state_from_plain(rng["numpy"]))
-            random.setstate(rng["python"])
-
-
-def _numpy_state_to_plain(state) -> dict:
-    name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _numpy_state_from_plain(state: dict):
-    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+            load_adapter_state_dict(self.model, checkpoint)
+        restore_rng_state(checkpoint.get("rng_state"))
 
 
 class ExportPretrained(Callback):
