@@ -20,16 +20,14 @@ penalty is replaced by masking truncated responses.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 
-from reprokit.data import EvalDataModule, MathDataModule
-from reprokit.grpo_module import GRPOConfig, GRPOModule
-from reprokit.models import ModelConfig, load_policy
-from reprokit.recipes.common import RunConfig, build_parser, build_trainer, last_checkpoint, parse, save_config
-from reprokit.recipes.one_shot import EvalData, _eval_dataloader, _report, _val_options, _validate
+from reprokit.data import MathDataModule
+from reprokit.grpo_module import GRPOModule
+from reprokit.recipes.one_shot import run_grpo_recipe
 
 RECIPE = "focal_tokens"
 
@@ -83,25 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, GRPOModule]:
     """Parse, build, train, validate; returns (summary, trainer, module) for callers that inspect the run."""
-    parser = build_parser(
-        RECIPE,
-        __doc__.split("\n\n")[0],
-        {"model": ModelConfig, "grpo": GRPOConfig, "data": TrainData, "eval": EvalData},
-    )
-    cfg, notes = parse(RECIPE, parser, argv)
-    for note in notes:
-        print(f"[reprokit] {note}")
-    init = parser.instantiate(cfg)
-    run: RunConfig = init.run
-    run_dir = Path(run.run_dir)
-    config_path = save_config(parser, cfg, run_dir)
-    print(f"[reprokit] run directory {run_dir} (config saved to {config_path})")
-    L.seed_everything(run.seed, workers=True, verbose=False)
+    return run_grpo_recipe(RECIPE, __doc__.split("\n\n")[0], TrainData, _train_data, argv)
 
-    model, tokenizer = load_policy(init.model)
-    data: TrainData = init.data
-    ev: EvalData = init.eval
-    train_data = MathDataModule(
+
+def _train_data(tokenizer, data: TrainData, seed: int, val_options: dict) -> MathDataModule:
+    return MathDataModule(
         tokenizer,
         path=default_train_path(data),
         skip_invalid=data.skip_invalid,
@@ -113,26 +97,9 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, GRPOModule]:
         cot_suffix=data.cot_suffix,
         max_prompt_length=data.max_prompt_length,
         drop_long_prompts=data.drop_long_prompts,
-        seed=run.seed,
-        **_val_options(ev, run),
+        seed=seed,
+        **val_options,
     )
-    eval_dl = _eval_dataloader(ev, tokenizer, data)
-    grpo: GRPOConfig = init.grpo
-    if grpo.accuracy_file is None:
-        grpo.accuracy_file = str(run_dir / "example_accuracy.json")
-    module = GRPOModule(model, tokenizer, grpo, run_dir=str(run_dir))
-    trainer = build_trainer(run, run_dir, val_every=run.val_every if eval_dl is not None else 0)
-    ckpt = last_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        raise SystemExit(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-
-    before = _validate(trainer, module, eval_dl) if eval_dl is not None and ckpt is None else {}
-    trainer.fit(module, datamodule=train_data, ckpt_path=str(ckpt) if ckpt else None)
-    after = _validate(trainer, module, eval_dl) if eval_dl is not None else {}
-    summary = {"steps": trainer.global_step, "before": before, "after": after, "train": module.last_metrics}
-    if trainer.is_global_zero:
-        _report(run_dir, summary)
-    return summary, trainer, module
 
 
 if __name__ == "__main__":

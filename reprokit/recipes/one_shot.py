@@ -25,11 +25,12 @@ base pretrained on first use, one world problem, test pass@1 printed before and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-import torch
 
 from reprokit.data import EvalDataModule, OneShotDataModule
 from reprokit.grpo_module import GRPOConfig, GRPOModule
@@ -82,12 +83,42 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, GRPOModule]:
     """Parse, build, train, validate; returns (summary, trainer, module) for callers that inspect the run."""
-    parser = build_parser(
-        RECIPE,
-        __doc__.split("\n\n")[0],
-        {"model": ModelConfig, "grpo": GRPOConfig, "data": OneShotData, "eval": EvalData},
+    return run_grpo_recipe(RECIPE, __doc__.split("\n\n")[0], OneShotData, _train_data, argv)
+
+
+def _train_data(tokenizer, data: OneShotData, seed: int, val_options: dict) -> OneShotDataModule:
+    return OneShotDataModule(
+        tokenizer,
+        examples=data.examples,
+        label=data.label,
+        question_field=data.question_field,
+        answer_field=data.answer_field,
+        batch_size=data.prompts_per_step,
+        template=data.template,
+        cot_suffix=data.cot_suffix,
+        max_prompt_length=data.max_prompt_length,
+        seed=seed,
+        **val_options,
     )
-    cfg, notes = parse(RECIPE, parser, argv)
+
+
+def run_grpo_recipe(
+    recipe: str,
+    description: str,
+    data_class: type,
+    build_data: Callable[[Any, Any, int, dict], L.LightningDataModule],
+    argv: list[str] | None = None,
+) -> tuple[dict, L.Trainer, GRPOModule]:
+    """What the GRPO recipes share: the command line (presets, --config, --resume), the policy, validation on
+    the eval benchmarks before and after training, the fit, the report.
+
+    ``data_class`` is the recipe's ``data`` section; ``build_data(tokenizer, data, seed, val_options)`` makes its
+    training DataModule (``val_options`` are the DataModule arguments for validation inside fit).
+    """
+    parser = build_parser(
+        recipe, description, {"model": ModelConfig, "grpo": GRPOConfig, "data": data_class, "eval": EvalData}
+    )
+    cfg, notes = parse(recipe, parser, argv)
     for note in notes:
         print(f"[reprokit] {note}")
     init = parser.instantiate(cfg)
@@ -98,22 +129,9 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, GRPOModule]:
     L.seed_everything(run.seed, workers=True, verbose=False)
 
     model, tokenizer = load_policy(init.model)
-    data: OneShotData = init.data
     ev: EvalData = init.eval
-    train_data = OneShotDataModule(
-        tokenizer,
-        examples=data.examples,
-        label=data.label,
-        question_field=data.question_field,
-        answer_field=data.answer_field,
-        batch_size=data.prompts_per_step,
-        template=data.template,
-        cot_suffix=data.cot_suffix,
-        max_prompt_length=data.max_prompt_length,
-        seed=run.seed,
-        **_val_options(ev, run),
-    )
-    eval_dl = _eval_dataloader(ev, tokenizer, data)
+    train_data = build_data(tokenizer, init.data, run.seed, _val_options(ev, run))
+    eval_dl = _eval_dataloader(ev, tokenizer, init.data)
 
     grpo: GRPOConfig = init.grpo
     if grpo.accuracy_file is None:
