@@ -7,7 +7,7 @@ from reprokit.recipes import tiny_world
 
 def test_quick_study_runs_end_to_end_and_grpo_beats_the_base_at_pass_at_1(tmp_path):
     run_dir = tmp_path / "study"
-    tiny_world.main(["--quick", "--study.run_dir", str(run_dir)])
+    tiny_world.main(["--quick", "--run_dir", str(run_dir)])
 
     saved = json.loads((run_dir / "findings.json").read_text())
     for name in ("base", "grpo", "one_shot", "focal", "distill"):

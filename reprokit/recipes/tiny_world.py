@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_class_arguments(StudyConfig, "study", as_group=True)
     parser.add_class_arguments(WorldConfig, "world", as_group=True)
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --run_dir is short for --study.run_dir, as in the other recipes.
+    argv = [a.replace("--run_dir", "--study.run_dir", 1) if a.split("=")[0] == "--run_dir" else a for a in argv]
     if "--quick" in argv:
         # The quick budget is a preset, so any flag given after it still wins.
         argv = ["--config", str(QUICK_PRESET)] + [a for a in argv if a != "--quick"]
