@@ -44,6 +44,7 @@ __all__ = [
     "build_tiny_tokenizer",
     "count_parameters",
     "eos_token_ids",
+    "keep_4bit_layers_trainable",
     "load_policy",
     "load_trainable_state_dict",
     "real_architecture_config",
@@ -253,6 +254,7 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None
         model = _load_model(source, cfg, device, dtype)
 
     _configure_padding(tokenizer, model)
+    keep_4bit_layers_trainable(model)
     _freeze_base(model, cfg)
     policy = _add_lora(model, cfg)
     # from_pretrained returns eval mode, and Lightning keeps submodule modes as it finds them: in eval mode
@@ -402,14 +404,12 @@ def _freeze_base(model, cfg: ModelConfig) -> None:
     if not cfg.gradient_checkpointing:
         return
     # Non-reentrant checkpointing gives correct gradients when no input of a checkpointed block requires grad
-    # (frozen embeddings); the input-grad hook keeps the reentrant path working too if it is ever chosen.
+    # (frozen embeddings), so the input-grad hook of the reentrant path is not needed (see _add_lora).
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if not getattr(model, "_require_grads_hooks", None):
-        model.enable_input_require_grads()
 
 
 def _add_lora(model, cfg: ModelConfig):
@@ -427,7 +427,38 @@ def _add_lora(model, cfg: ModelConfig):
         # peft probes a property that transformers 5 renamed; the warning is about peft's code, not ours.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora)
+    # peft registers transformers' input-require-grads hook for checkpointing; it is a local function, so a model
+    # carrying it cannot be pickled (ddp_spawn), and non-reentrant checkpointing does not need it.
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
     return peft_model
+
+
+def keep_4bit_layers_trainable(model: nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers in the layout whose backward is exact; returns how many layers it touched.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` weight for its bfloat16 inference
+    kernel on the first eval-mode forward without grad (every rollout). The repacked kernel has no backward:
+    later training forwards pass no gradient through the frozen base to the layers below (LoRA gradients off by
+    30-110% in every layer but the last) and fail outright with a bias. Layers that were already repacked are
+    converted back. GPU layers are never repacked; the setting only matters on CPU.
+    """
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except Exception:  # no bitsandbytes: no 4-bit layers
+        return 0
+    touched = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+            module.quant_state = weight.quant_state
+        touched += 1
+    return touched
 
 
 # ---------------------------------------------------------------------------------------------- policy helpers
