@@ -8,11 +8,11 @@ The KL reference is the same network with its LoRA adapter switched off, so no s
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -20,23 +20,21 @@ import numpy as np
 import torch
 
 from reprokit.algorithms import (
-    aggregate,
+    LossDenominators,
     focal_mask,
-    focal_threshold,
     group_advantages,
-    kl_k3,
-    policy_loss,
+    grpo_objective,
     token_logprobs_and_entropy,
 )
-from reprokit.metrics import PassAtK
+from reprokit.algorithms.schedules import LR_SCHEDULES, LRSchedule
 from reprokit.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
-from reprokit.models import eos_token_ids, reference_model
+from reprokit.metrics import PassAtK
+from reprokit.models import eos_token_ids, keep_4bit_layers_trainable, reference_model
 from reprokit.rewards import get_reward
-from reprokit.sampling import Completions, generate
+from reprokit.sampling import Completions, generate, seeded_generator
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 ADVANTAGE_SCALES = ("group", "batch", "none")
-LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass
@@ -64,7 +62,8 @@ class GRPOConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     lr_schedule: str = "constant"
-    """One of constant, cosine, linear (decay to 0 at max_steps), after warmup."""
+    """One of constant, cosine, linear (decay to 0 at max_steps), after warmup. A run resumed with a larger
+    --max_steps keeps the LR it had reached and decays from there to 0 at the new max_steps (no jump)."""
     warmup_steps: int = 0
     """Linear warm-up updates."""
     max_grad_norm: float | None = 1.0
@@ -86,7 +85,14 @@ class GRPOConfig:
     top_entropy_quantile: float = 1.0
     """rho: policy gradient only on the top-rho highest-entropy response tokens of the whole rollout batch."""
     dynamic_sampling: bool = False
-    """Drop groups whose rewards are all equal (they carry no advantage) before the update."""
+    """Drop groups whose rewards are all equal (they carry no advantage) before the update. Alone (with
+    max_refill_rounds 0) the step trains on the informative groups that are left, however few; with refill
+    rounds it samples further groups first, as DAPO does."""
+    max_refill_rounds: int = 0
+    """With dynamic_sampling: extra rollout rounds per step that sample further prompts (the training set's
+    DataModule draws fresh ones; a one-shot batch repeats its example) until the step holds prompts_per_step
+    informative groups (DAPO; its recipe allows 10). 0 = no refill, train on what is left. Logged as
+    rollout/rounds."""
     mask_truncated: bool = False
     """Give truncated responses (no EOS) zero loss instead of training on their reward."""
     reward: str = "math"
@@ -125,6 +131,9 @@ class GRPOConfig:
             (self.kl_coef >= 0, "kl_coef", "must be >= 0"),
             (0 < self.top_entropy_quantile <= 1, "top_entropy_quantile", "must be in (0, 1]; 1 keeps every token"),
             (self.val_n >= 1, "val_n", "must be >= 1"),
+            (self.max_refill_rounds >= 0, "max_refill_rounds", "must be >= 0 (0 = no refill)"),
+            (self.max_refill_rounds == 0 or self.dynamic_sampling, "max_refill_rounds",
+             "refills groups that dynamic sampling dropped: set dynamic_sampling true, or max_refill_rounds 0"),
             (self.val_temperature > 0 or self.val_n == 1, "val_n", "greedy validation (val_temperature 0) takes val_n 1"),
             (self.generation_batch_size is None or self.generation_batch_size >= self.group_size,
              "generation_batch_size", "must hold at least one group (>= group_size)"),
@@ -144,44 +153,93 @@ class Rollout:
     completion_ids: torch.Tensor  # [N, T]
     mask: torch.Tensor  # [N, T] response tokens that get loss
     advantages: torch.Tensor  # [N]
+    rewards: torch.Tensor | None = None  # [N]
     old_logp: torch.Tensor | None = None  # [N, T] behaviour log-probs (num_iterations > 1)
     ref_logp: torch.Tensor | None = None  # [N, T] adapter-free log-probs (kl_coef > 0)
     entropy: torch.Tensor | None = None  # [N, T] rollout-time entropy (focal mask)
+    pg_mask: torch.Tensor | None = None  # [N, T] tokens that get policy gradient (None = all of mask)
+    real_rows: int | None = None  # rows that are responses; a placeholder row (a process with none) is not
 
-    def select(self, rows: torch.Tensor) -> "Rollout":
-        pick = lambda t: None if t is None else t[rows]  # noqa: E731
-        return Rollout(
-            sequences=self.sequences[rows],
-            attention_mask=self.attention_mask[rows],
-            prompt_len=self.prompt_len,
-            completion_ids=self.completion_ids[rows],
-            mask=self.mask[rows],
-            advantages=self.advantages[rows],
-            old_logp=pick(self.old_logp),
-            ref_logp=pick(self.ref_logp),
-            entropy=pick(self.entropy),
+    _ROW_FIELDS = ("sequences", "attention_mask", "completion_ids", "mask", "advantages", "rewards", "old_logp",
+                   "ref_logp", "entropy", "pg_mask")
+    _TOKEN_FIELDS = ("completion_ids", "mask", "old_logp", "ref_logp", "entropy", "pg_mask")
+
+    @property
+    def num_rows(self) -> int:
+        return self.sequences.shape[0]
+
+    @property
+    def num_real_rows(self) -> int:
+        return self.num_rows if self.real_rows is None else self.real_rows
+
+    @classmethod
+    def from_completions(cls, comps: Completions, advantages: torch.Tensor, rewards: torch.Tensor, mask_truncated: bool) -> "Rollout":
+        mask = comps.completion_mask.clone()  # [N, T]
+        if mask_truncated:
+            mask[comps.truncated] = 0
+        return cls(
+            sequences=torch.cat([comps.prompt_ids, comps.completion_ids], dim=1),  # [N, L+T]
+            attention_mask=torch.cat([comps.prompt_mask, comps.completion_mask], dim=1),  # [N, L+T]
+            prompt_len=comps.prompt_ids.shape[1],
+            completion_ids=comps.completion_ids,
+            mask=mask,
+            advantages=advantages,
+            rewards=rewards,
         )
 
+    @classmethod
+    def concat(cls, parts: list["Rollout"], pad_id: int) -> "Rollout":
+        """Rows of several rollouts (e.g. refill rounds) in one: prompts left-padded, responses right-padded."""
+        if len(parts) == 1:
+            return parts[0]
+        prompt_len = max(p.prompt_len for p in parts)
+        width = max(p.completion_ids.shape[1] for p in parts)
+        rows: dict[str, list] = defaultdict(list)
+        for p in parts:
+            left, right = prompt_len - p.prompt_len, width - p.completion_ids.shape[1]
+            pad = torch.nn.functional.pad
+            rows["sequences"].append(pad(pad(p.sequences, (left, 0), value=pad_id), (0, right), value=pad_id))
+            rows["attention_mask"].append(pad(p.attention_mask, (left, right)))
+            for name in cls._TOKEN_FIELDS:
+                value = getattr(p, name)
+                rows[name].append(None if value is None else pad(value, (0, right), value=pad_id if name == "completion_ids" else 0))
+            rows["advantages"].append(p.advantages)
+            rows["rewards"].append(p.rewards)
+        joined = {k: None if any(v is None for v in vs) else torch.cat(vs) for k, vs in rows.items()}
+        return cls(prompt_len=prompt_len, **joined)
+
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        pick = {name: None if getattr(self, name) is None else getattr(self, name)[rows] for name in self._ROW_FIELDS}
+        return Rollout(prompt_len=self.prompt_len, **pick)
+
+    def placeholder(self) -> "Rollout":
+        """One row with nothing to learn from: the forward and backward a process runs so that every process
+        makes the same collective calls (DDP all-reduces every backward) when it has fewer rows than another."""
+        one = self.select(torch.zeros(1, dtype=torch.long, device=self.sequences.device))
+        one.mask = torch.zeros_like(one.mask)
+        one.pg_mask = None if one.pg_mask is None else torch.zeros_like(one.pg_mask)
+        one.advantages = torch.zeros_like(one.advantages)
+        one.real_rows = 0
+        return one
+
     def micro_batches(self, size: int):
-        for begin in range(0, self.sequences.shape[0], size):
-            yield self.select(torch.arange(begin, min(begin + size, self.sequences.shape[0])))
+        for begin in range(0, self.num_rows, size):
+            yield self.select(torch.arange(begin, min(begin + size, self.num_rows), device=self.sequences.device))
 
     def trimmed(self) -> "Rollout":
         """Drop left-padding columns no row uses and response columns past the longest response."""
         first = int((self.attention_mask[:, : self.prompt_len].sum(0) > 0).nonzero()[0])
         # Responses are right-padded, so the longest one bounds the columns worth computing.
         keep_t = max(1, int(self.attention_mask[:, self.prompt_len :].sum(-1).max()))
-        cut = lambda t: None if t is None else t[:, :keep_t]  # noqa: E731
+        cut = {name: None if getattr(self, name) is None else getattr(self, name)[:, :keep_t] for name in self._TOKEN_FIELDS}
         return Rollout(
             sequences=self.sequences[:, first : self.prompt_len + keep_t],
             attention_mask=self.attention_mask[:, first : self.prompt_len + keep_t],
             prompt_len=self.prompt_len - first,
-            completion_ids=self.completion_ids[:, :keep_t],
-            mask=self.mask[:, :keep_t],
             advantages=self.advantages,
-            old_logp=cut(self.old_logp),
-            ref_logp=cut(self.ref_logp),
-            entropy=cut(self.entropy),
+            rewards=self.rewards,
+            real_rows=self.real_rows,
+            **cut,
         )
 
 
@@ -196,21 +254,52 @@ def _split_fields(rows: list[dict], repeat: int) -> dict[str, list]:
     return {k: [r.get(k) for r in rows for _ in range(repeat)] for k in sorted(keys)}
 
 
-class GRPOModule(L.LightningModule):
-    """GRPO / DAPO / Dr. GRPO / focal-token training of a LoRA-adapted causal LM (manual optimization)."""
+@dataclass
+class _Sampled:
+    """One rollout round: what was sampled for which prompts, and how it was graded."""
 
-    def __init__(self, model, tokenizer, config: GRPOConfig | None = None, run_dir: str | None = None, reward_fn=None):
+    batch: object  # PromptBatch
+    comps: Completions
+    rewards: torch.Tensor  # [N]
+    answers: list[str]
+    informative: torch.Tensor  # [P] groups whose rewards are not all equal
+
+
+class GRPOModule(L.LightningModule):
+    """GRPO / DAPO / Dr. GRPO / focal-token training of a LoRA-adapted causal LM (manual optimization).
+
+    One training step is :meth:`rollout` (sample, grade, advantages, dynamic sampling), :meth:`score` (the
+    no-grad passes) and :meth:`update` (the objective of :func:`reprokit.algorithms.grpo_objective` over
+    micro-batches, backward, clip, optimizer step).
+
+    Under DDP every process samples with its own seed (``seed``, its rank and the step), every loss is normalised
+    by counts summed over all processes (so the gradient equals the single-process gradient of all processes'
+    rollouts together), and every process runs the same collective calls in every step: the decision to skip a
+    step is global, and a process with fewer micro-batches runs placeholder ones that add nothing.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: GRPOConfig | None = None,
+        run_dir: str | None = None,
+        reward_fn=None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = config or GRPOConfig()
         self.run_dir = Path(run_dir) if run_dir else None
+        self.seed = int(seed)
         self.automatic_optimization = False
         # Checkpoints hold only the adapter: loading must not demand the frozen base weights.
         self.strict_loading = False
         # An explicit callable wins over the configured name (tests and notebooks pass functions directly).
         self.reward_fn = get_reward(reward_fn if reward_fn is not None else self.cfg.reward)
         self.eos_ids = eos_token_ids(tokenizer, model)
+        keep_4bit_layers_trainable(model)
         self._example_acc: dict[str, dict[int, list[float]]] = defaultdict(_epoch_table)
         self.val_metrics: dict[str, PassAtK] = {}
         self._skipped_in_a_row = 0
@@ -228,21 +317,46 @@ class GRPOModule(L.LightningModule):
         if not params:
             raise ValueError("the model has no trainable parameters: enable LoRA (lora_r > 0) or unfreeze the model")
         opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=self.cfg.betas)
-        total = max(1, self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1)
-        warmup, schedule = self.cfg.warmup_steps, self.cfg.lr_schedule
-
-        def factor(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if schedule == "cosine":
-                return 0.5 * (1 + math.cos(math.pi * progress))
-            if schedule == "linear":
-                return 1 - progress
-            return 1.0
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else 1
+        schedule = LRSchedule(self.cfg.lr_schedule, warmup=self.cfg.warmup_steps, total=total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_start(self):
+        # A resumed run whose max_steps changed continues its decay from the LR it had reached (no jump); the
+        # optimizer's LR itself was restored from the checkpoint, so it is set again from the schedule.
+        sched = self.lr_schedulers()
+        schedule = sched.lr_lambdas[0]
+        if isinstance(schedule, LRSchedule) and self.trainer.max_steps > 0:
+            schedule.extend(self.trainer.max_steps, sched.last_epoch)
+            for group, base_lr in zip(sched.optimizer.param_groups, sched.base_lrs):
+                group["lr"] = base_lr * schedule(sched.last_epoch)
+
+    # ------------------------------------------------------------------ processes
+    def _world(self) -> int:
+        dist = torch.distributed
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def _rank(self) -> int:
+        return torch.distributed.get_rank() if self._world() > 1 else 0
+
+    def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Sum (or max) over processes, in place; the identity in a single process."""
+        if self._world() > 1:
+            ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+            torch.distributed.all_reduce(tensor, op=ops[op])
+        return tensor
+
+    def _no_backward_sync(self, sync: bool):
+        """DDP all-reduces gradients at every backward; accumulate locally and reduce once, at the last one."""
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if sync or strategy is None or not hasattr(strategy, "block_backward_sync"):
+            return contextlib.nullcontext()
+        return strategy.block_backward_sync()
+
+    def _generator(self, *keys) -> torch.Generator:
+        """This process's random stream for one sampling call: a function of the run seed, the rank and ``keys``."""
+        return seeded_generator(self.device, self.seed, self._rank(), *keys)
 
     # ------------------------------------------------------------------ forward passes
     def _network(self):
@@ -267,17 +381,127 @@ class GRPOModule(L.LightningModule):
             with_entropy=with_entropy,
         )  # [n, T], [n, T] | None
 
+    # ------------------------------------------------------------------ the training step
+    def training_step(self, batch, batch_idx):
+        step_start = time.perf_counter()
+        ro, metrics = self.rollout(batch)
+        # The decision to update is global: a process that skipped alone would leave the others waiting in the
+        # first all-reduce of their backward.
+        trainable = torch.tensor([float(ro.num_real_rows and ro.mask[: ro.num_real_rows].any())], device=self.device)
+        if not self._all_reduce(trainable).item():
+            metrics["update/skipped"] = 1.0
+            self._log_step(metrics, step_start)
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= self.cfg.max_skipped_batches:
+                raise RuntimeError(
+                    f"{self._skipped_in_a_row} rollout batches in a row had equal rewards within every group "
+                    f"(reward mean {metrics['reward/mean']:.3f}): nothing to learn from. The data is too hard or too "
+                    "easy for this model; pick other examples, raise group_size, or set grpo.dynamic_sampling false"
+                )
+            return None
+        self._skipped_in_a_row = 0
+        ro = self.score(ro)
+        self.last_rollout = ro  # kept for inspection (callbacks, notebooks); replaced every step
+        metrics.update(self.update(ro))
+        metrics["update/skipped"] = 0.0
+        self._log_step(metrics, step_start)
+        return None
+
+    def rollout(self, batch) -> tuple[Rollout, dict[str, float]]:
+        """Sample ``group_size`` responses per prompt, grade them, and turn rewards into group advantages.
+
+        With ``dynamic_sampling`` only groups whose rewards differ are kept; with ``max_refill_rounds > 0``
+        further prompts are sampled (DAPO) until this process holds as many informative groups as it has
+        prompts, or the rounds run out. Every process takes part in each round's count, so all stop together.
+        Returns the rollout (possibly a single placeholder row when no group was kept) and its metrics.
+        """
+        cfg = self.cfg
+        target = len(batch.prompts)
+        rounds: list[_Sampled] = []
+        parts: list[Rollout] = []
+        kept_groups = 0
+        source = batch
+        while True:
+            if source is not None:
+                sampled = self._sample_and_grade(source, round_index=len(rounds))
+                rounds.append(sampled)
+                advantages = group_advantages(sampled.rewards, cfg.group_size, scale=cfg.advantage_scale)  # [N]
+                ro = Rollout.from_completions(sampled.comps, advantages, sampled.rewards, cfg.mask_truncated)
+                keep = torch.ones_like(sampled.informative)  # [P]
+                if cfg.dynamic_sampling:
+                    # DAPO keeps the first informative groups up to the batch size.
+                    keep = sampled.informative & (sampled.informative.cumsum(0) <= target - kept_groups)  # [P]
+                kept_groups += int(keep.sum())
+                rows = keep.repeat_interleave(cfg.group_size).nonzero().flatten()  # [n]
+                if rows.numel():
+                    parts.append(ro.select(rows))
+            if not (cfg.dynamic_sampling and cfg.max_refill_rounds > 0):
+                break
+            missing = torch.tensor([float(max(0, target - kept_groups))], device=self.device)
+            if not self._all_reduce(missing).item() or len(rounds) > cfg.max_refill_rounds:
+                break
+            source = self._refill_batch(batch, len(rounds)) if kept_groups < target else None
+
+        first = rounds[0]
+        self._maybe_log_text(first.batch, first.comps, first.rewards, first.answers)
+        metrics = self._rollout_metrics(rounds)
+        if parts:
+            ro = Rollout.concat(parts, pad_id=self._pad_id())
+        else:
+            ro = Rollout.from_completions(first.comps, torch.zeros_like(first.rewards), first.rewards, True).placeholder()
+        return ro, metrics
+
+    def _sample_and_grade(self, batch, round_index: int) -> _Sampled:
+        cfg = self.cfg
+        comps = generate(
+            self.model,
+            self.tokenizer,
+            batch.input_ids,
+            batch.attention_mask,
+            n=cfg.group_size,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            eos_ids=self.eos_ids,
+            batch_size=cfg.generation_batch_size,
+            generator=self._generator("rollout", self.global_step, round_index),
+        )
+        answers = [a for a in batch.answers for _ in range(cfg.group_size)]
+        extra = _split_fields(batch.fields, cfg.group_size)
+        extra.pop("answer", None)
+        rewards = self.reward_fn(comps.texts, answers, **extra)
+        if len(rewards) != len(comps.texts):
+            raise ValueError(f"reward {cfg.reward!r} returned {len(rewards)} values for {len(comps.texts)} completions")
+        rewards = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)  # [N]
+        grouped = rewards.view(-1, cfg.group_size)  # [P, G]
+        self._record_example_accuracy(batch.example_ids, grouped)
+        informative = grouped.max(-1).values > grouped.min(-1).values  # [P]
+        return _Sampled(batch=batch, comps=comps, rewards=rewards, answers=answers, informative=informative)
+
+    def _refill_batch(self, batch, round_index: int):
+        """Prompts for a refill round: the DataModule's ``refill_batch`` when it has one (fresh prompts of a full
+        training set), else the step's own prompts again (a one-shot batch is copies of one example anyway)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        refill = getattr(datamodule, "refill_batch", None)
+        if refill is None:
+            return batch
+        generator = seeded_generator("cpu", self.seed, self._rank(), "refill", self.global_step, round_index)
+        return refill(len(batch.prompts), generator).to(self.device)
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+
     @torch.no_grad()
-    def _score_rollout(self, ro: Rollout) -> Rollout:
+    def score(self, ro: Rollout) -> Rollout:
         """The no-grad passes before the update: behaviour log-probs, reference log-probs, rollout entropies."""
         cfg = self.cfg
         need_old = cfg.num_iterations > 1
         need_entropy = cfg.top_entropy_quantile < 1
         old, ref, ent = [], [], []
+        width = ro.completion_ids.shape[1]
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
         for mb in ro.micro_batches(cfg.micro_batch_size):
             mb = mb.trimmed()
-            width = ro.completion_ids.shape[1]
-            pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
             if need_old or need_entropy:
                 was = self.model.training
                 self.model.eval()
@@ -295,194 +519,135 @@ class GRPOModule(L.LightningModule):
         ro.ref_logp = torch.cat(ref) if cfg.kl_coef > 0 else None  # [N, T]
         return ro
 
-    def _global_focal_threshold(self, entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The (1 - rho) entropy quantile over every valid response token of the batch, on every process."""
-        valid = entropy[mask.bool()].float()  # [n_valid]
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world > 1:
-            sizes = self.all_gather(torch.tensor([valid.numel()], device=valid.device)).flatten()  # [W]
-            padded = torch.full((int(sizes.max()),), float("nan"), device=valid.device)
-            padded[: valid.numel()] = valid
-            pooled = self.all_gather(padded).flatten()  # [W * max]
-            valid = pooled[~torch.isnan(pooled)]
-        return focal_threshold(valid, self.cfg.top_entropy_quantile)
+    def _focal_mask(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-rho entropy tokens of the whole rollout batch: pooled over every process, in rank order."""
+        valid = ro.mask.bool()  # [N, T]
+        local = ro.entropy[valid].float()  # [n_valid]
+        pooled, offset = local, 0
+        if self._world() > 1:
+            sizes = self.all_gather(torch.tensor([local.numel()], device=local.device)).flatten().tolist()  # [W]
+            padded = torch.zeros(max(1, max(sizes)), device=local.device)
+            padded[: local.numel()] = local
+            gathered = self.all_gather(padded).reshape(len(sizes), -1)  # [W, max]
+            pooled = torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])  # [sum n]
+            offset = sum(sizes[: self._rank()])
+        return focal_mask(ro.entropy, ro.mask, self.cfg.top_entropy_quantile, pooled=pooled, offset=offset)
 
-    # ------------------------------------------------------------------ the training step
-    def _rollout(self, batch) -> tuple[Completions, torch.Tensor, list[str]]:
-        cfg = self.cfg
-        comps = generate(
-            self.model,
-            self.tokenizer,
-            batch.input_ids,
-            batch.attention_mask,
-            n=cfg.group_size,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            eos_ids=self.eos_ids,
-            batch_size=cfg.generation_batch_size,
-        )
-        answers = [a for a in batch.answers for _ in range(cfg.group_size)]
-        extra = _split_fields(batch.fields, cfg.group_size)
-        extra.pop("answer", None)
-        rewards = self.reward_fn(comps.texts, answers, **extra)
-        if len(rewards) != len(comps.texts):
-            raise ValueError(f"reward {cfg.reward!r} returned {len(rewards)} values for {len(comps.texts)} completions")
-        rewards = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)  # [N]
-        return comps, rewards, answers
-
-    def training_step(self, batch, batch_idx):
-        cfg = self.cfg
-        step_start = time.perf_counter()
-        comps, rewards, answers = self._rollout(batch)
-        n_resp = rewards.numel()
-        advantages = group_advantages(rewards, cfg.group_size, scale=cfg.advantage_scale)  # [N]
-
-        mask = comps.completion_mask.clone()  # [N, T]
-        if cfg.mask_truncated:
-            mask[comps.truncated] = 0
-        keep = torch.ones(n_resp, dtype=torch.bool, device=rewards.device)  # [N]
-        grouped = rewards.view(-1, cfg.group_size)  # [P, G]
-        informative = grouped.max(-1).values > grouped.min(-1).values  # [P]
-        if cfg.dynamic_sampling:
-            keep = informative.repeat_interleave(cfg.group_size)  # [N]
-        self._record_example_accuracy(batch.example_ids, grouped)
-
-        metrics = self._rollout_metrics(comps, rewards, informative)
-        self._maybe_log_text(batch, comps, rewards, answers)
-
-        ro = Rollout(
-            sequences=torch.cat([comps.prompt_ids, comps.completion_ids], dim=1),  # [N, L+T]
-            attention_mask=torch.cat([comps.prompt_mask, comps.completion_mask], dim=1),  # [N, L+T]
-            prompt_len=comps.prompt_ids.shape[1],
-            completion_ids=comps.completion_ids,
-            mask=mask,
-            advantages=advantages,
-        )
-        if not bool(keep.any()) or not bool(mask[keep].any()):
-            # Every group had equal rewards (or every response was masked): nothing to learn from this batch.
-            metrics["update/skipped"] = 1.0
-            self._log_step(metrics, step_start)
-            self._skipped_in_a_row += 1
-            if self._skipped_in_a_row >= cfg.max_skipped_batches:
-                raise RuntimeError(
-                    f"{self._skipped_in_a_row} rollout batches in a row had equal rewards within every group "
-                    f"(reward mean {metrics['reward/mean']:.3f}): nothing to learn from. The data is too hard or too "
-                    "easy for this model; pick other examples, raise group_size, or set grpo.dynamic_sampling false"
-                )
-            return None
-        self._skipped_in_a_row = 0
-        ro = self._score_rollout(ro.select(keep.nonzero().flatten()))
-        self.last_rollout = ro  # kept for inspection (callbacks, notebooks); replaced every step
-        update_metrics = self._update(ro)
-        metrics.update(update_metrics)
-        metrics["update/skipped"] = 0.0
-        self._log_step(metrics, step_start)
-        return None
-
-    def _update(self, ro: Rollout) -> dict[str, float]:
+    def update(self, ro: Rollout) -> dict[str, float]:
+        """``num_iterations`` optimizer updates on a scored rollout: backward over micro-batches, clip, step."""
         cfg = self.cfg
         opt = self.optimizers()
         sched = self.lr_schedulers()
-        valid = ro.mask.bool()  # [N, T]
-        focal = cfg.top_entropy_quantile < 1
         metrics: dict[str, float] = {}
-        if focal:
-            threshold = self._global_focal_threshold(ro.entropy, ro.mask)
-            pg_mask, _ = focal_mask(ro.entropy, ro.mask, cfg.top_entropy_quantile, threshold=threshold)  # [N, T]
-            pg_mask = pg_mask & valid
+        valid = ro.mask.bool()  # [N, T]
+        if cfg.top_entropy_quantile < 1:
+            pg_mask, threshold = self._focal_mask(ro)  # [N, T]
+            ro.pg_mask = pg_mask & valid  # [N, T]
             metrics["focal/threshold"] = float(threshold)
-            metrics["focal/kept_frac"] = float(pg_mask.sum() / valid.sum().clamp(min=1))
         else:
-            pg_mask = valid
-        n_seq = ro.sequences.shape[0]
-        pg_tokens = int(pg_mask.sum())
-        all_tokens = int(valid.sum())
-        max_len = cfg.max_new_tokens
+            ro.pg_mask = valid  # [N, T]
+        # Whole-batch counts (all processes): each micro-batch's loss is its share of the batch's mean.
+        counts = self._all_reduce(LossDenominators.counts(valid, ro.pg_mask, cfg.loss_agg, rows=ro.num_real_rows))
+        denominators = LossDenominators.from_counts(counts, scale=self._world())
+        if cfg.top_entropy_quantile < 1:
+            metrics["focal/kept_frac"] = denominators.pg_tokens / max(1.0, denominators.valid_tokens)
+        n_micro = -(-ro.num_rows // cfg.micro_batch_size)
+        n_micro = int(self._all_reduce(torch.tensor([float(n_micro)], device=self.device), op="max").item())
+        micro_batches = list(ro.micro_batches(cfg.micro_batch_size))
+        micro_batches += [ro.placeholder()] * (n_micro - len(micro_batches))
 
         sums: dict[str, float] = defaultdict(float)
         for _ in range(cfg.num_iterations):
             opt.zero_grad(set_to_none=True)
-            for rows in torch.arange(n_seq, device=ro.mask.device).split(cfg.micro_batch_size):
-                mb = ro.select(rows).trimmed()
-                mb_pg_mask = pg_mask[rows][:, : mb.mask.shape[1]]  # [n, T']
-                mb_valid = mb.mask.bool()  # [n, T']
-                need_entropy_grad = cfg.entropy_coef != 0
-                logp, entropy = self._logprobs(mb, with_entropy=True)  # [n, T'], [n, T']
-                # On-policy (one update per rollout): the behaviour policy is the current one, so ratio == 1.
-                old = mb.old_logp if mb.old_logp is not None else logp.detach()  # [n, T']
-                pg, pg_metrics = policy_loss(
-                    logp,
-                    old,
-                    mb.advantages,
-                    mb_pg_mask.to(logp.dtype),
-                    epsilon_low=cfg.epsilon_low,
-                    epsilon_high=cfg.epsilon_high,
-                    agg=cfg.loss_agg,
-                    max_len=max_len,
-                    dual_clip=cfg.dual_clip,
-                )
-                # Each micro-batch's mean is re-weighted so the sum equals the mean over the whole rollout batch.
-                by_tokens = cfg.loss_agg == "token-mean"
-                w_pg = (int(mb_pg_mask.sum()) / max(1, pg_tokens)) if by_tokens else rows.numel() / n_seq
-                w_all = (int(mb_valid.sum()) / max(1, all_tokens)) if by_tokens else rows.numel() / n_seq
-                fmask = mb_valid.to(logp.dtype)  # [n, T']
-                loss = w_pg * pg
-                ent_agg = aggregate(entropy if need_entropy_grad else entropy.detach(), fmask, cfg.loss_agg, max_len)
-                if need_entropy_grad:
-                    loss = loss - cfg.entropy_coef * w_all * ent_agg
-                if cfg.kl_coef > 0:
-                    kl_agg = aggregate(kl_k3(logp, mb.ref_logp), fmask, cfg.loss_agg, max_len)
-                    loss = loss + cfg.kl_coef * w_all * kl_agg
-                    sums["kl/mean"] += w_all * float(kl_agg.detach())
-                self.manual_backward(loss)
-
-                sums["loss/pg"] += w_pg * float(pg.detach())
-                sums["loss/total"] += float(loss.detach())
-                sums["entropy/mean"] += float((entropy.detach() * fmask).sum())
-                if focal:
-                    sums["entropy/kept_sum"] += float((entropy.detach() * mb_pg_mask).sum())
-                for key, value in pg_metrics.items():
-                    if key.startswith(("clip/", "ratio/")):
-                        sums[key] += w_pg * float(value)
+            for index, mb in enumerate(micro_batches):
+                mb = mb.trimmed()
+                with self._no_backward_sync(sync=index == len(micro_batches) - 1):
+                    logp, entropy = self._logprobs(mb, with_entropy=True)  # [n, T'], [n, T']
+                    loss, parts = grpo_objective(
+                        logp,
+                        entropy if cfg.entropy_coef != 0 else entropy.detach(),
+                        mb.advantages,
+                        mb.mask,
+                        mb.pg_mask,
+                        denominators,
+                        old_logp=mb.old_logp,
+                        ref_logp=mb.ref_logp,
+                        loss_agg=cfg.loss_agg,
+                        max_len=cfg.max_new_tokens,
+                        epsilon_low=cfg.epsilon_low,
+                        epsilon_high=cfg.epsilon_high,
+                        dual_clip=cfg.dual_clip,
+                        entropy_coef=cfg.entropy_coef,
+                        kl_coef=cfg.kl_coef,
+                    )
+                    self.manual_backward(loss)
+                for key, value in parts.items():
+                    sums[key] += float(value)
             params = [p for p in self.model.parameters() if p.requires_grad]
             clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            # Gradients are already averaged over processes: the norm is the same on every process.
             sums["grad_norm"] += float(grad_norm)
             opt.step()
             sched.step()
 
-        iters = cfg.num_iterations
         for key, value in sums.items():
-            metrics[key] = value / iters
-        metrics["entropy/mean"] = sums["entropy/mean"] / iters / max(1, all_tokens)
-        if focal:
-            metrics["entropy/kept_mean"] = sums["entropy/kept_sum"] / iters / max(1, pg_tokens)
-            metrics.pop("entropy/kept_sum", None)
+            metrics[key] = value / cfg.num_iterations
+        if cfg.top_entropy_quantile >= 1:
+            metrics.pop("entropy/kept_mean", None)
         metrics["lr"] = float(sched.get_last_lr()[0])
+        metrics["update/micro_batches"] = float(n_micro)
         return metrics
 
     # ------------------------------------------------------------------ logging
-    def _rollout_metrics(self, comps: Completions, rewards: torch.Tensor, informative: torch.Tensor) -> dict:
-        lengths = comps.lengths.float()  # [N]
+    def _rollout_metrics(self, rounds: list[_Sampled]) -> dict[str, float]:
+        rewards = torch.cat([r.rewards for r in rounds])  # [N]
+        lengths = torch.cat([r.comps.lengths.float() for r in rounds])  # [N]
+        truncated = torch.cat([r.comps.truncated.float() for r in rounds])  # [N]
+        informative = torch.cat([r.informative.float() for r in rounds])  # [P]
+        seconds = sum(r.comps.seconds for r in rounds)
         return {
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "reward/accuracy": float((rewards >= 1.0).float().mean()),
             "response/length_mean": float(lengths.mean()),
             "response/length_max": float(lengths.max()),
-            "response/truncated_frac": float(comps.truncated.float().mean()),
-            "groups/informative_frac": float(informative.float().mean()),
-            "perf/gen_tokens_per_s": comps.num_tokens / max(comps.seconds, 1e-9),
-            "perf/gen_s": comps.seconds,
+            "response/truncated_frac": float(truncated.mean()),
+            "groups/informative_frac": float(informative.mean()),
+            "rollout/rounds": float(len(rounds)),
+            "perf/gen_tokens_per_s": sum(r.comps.num_tokens for r in rounds) / max(seconds, 1e-9),
+            "perf/gen_s": seconds,
         }
 
     def _log_step(self, metrics: dict, step_start: float):
         metrics["perf/step_s"] = time.perf_counter() - step_start
+        metrics = self._reduce_metrics(metrics)
         self.last_metrics = dict(metrics)
         for key, value in metrics.items():
             bar = key in ("reward/mean", "perf/step_s")
-            self.log(key, float(value), prog_bar=bar, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1, batch_size=1)
+            self.log(key, float(value), prog_bar=bar, on_step=True, on_epoch=False, batch_size=1)
+
+    def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The mean over processes (the max for ``*_max`` and ``rollout/rounds``), in two collectives.
+
+        Every process logs the same keys in every step (the skip decision is global), so the vectors line up.
+        The update's metrics are each process's share of a global mean times the number of processes, so their
+        mean over processes is the global value.
+        """
+        world = self._world()
+        if world == 1:
+            return metrics
+        keys = sorted(metrics)
+        by_max = [k for k in keys if k.endswith("_max") or k == "rollout/rounds"]
+        by_mean = [k for k in keys if k not in by_max]
+        out = {}
+        for names, op in ((by_mean, "sum"), (by_max, "max")):
+            if not names:
+                continue
+            values = self._all_reduce(torch.tensor([float(metrics[k]) for k in names], dtype=torch.float64, device=self.device), op)
+            for name, value in zip(names, values.tolist()):
+                out[name] = value / world if op == "sum" else value
+        return out
 
     def _maybe_log_text(self, batch, comps: Completions, rewards: torch.Tensor, answers: list[str]):
         every = self.cfg.log_completions_every
@@ -533,7 +698,6 @@ class GRPOModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self):
         self.val_metrics = {}
-        self._val_acc: dict[str, list[float]] = defaultdict(list)
 
     def validation_step(self, batch, batch_idx):
         cfg = self.cfg
@@ -548,6 +712,7 @@ class GRPOModule(L.LightningModule):
             top_p=cfg.top_p if cfg.val_temperature > 0 else 1.0,
             eos_ids=self.eos_ids,
             batch_size=cfg.generation_batch_size,
+            generator=self._generator("validation", self.global_step, batch_idx),
         )
         answers = [a for a in batch.answers for _ in range(cfg.val_n)]
         extra = _split_fields(batch.fields, cfg.val_n)
@@ -559,16 +724,24 @@ class GRPOModule(L.LightningModule):
             if name not in self.val_metrics:
                 self.val_metrics[name] = PassAtK(ks=sorted({1, cfg.val_n})).to(self.device)
             self.val_metrics[name].update([row])
-            self._val_acc[name].append(float(row.float().mean()))
 
     def on_validation_epoch_end(self):
+        names = set(self.val_metrics)
+        if self._world() > 1:
+            # compute() gathers across processes, so every process must hold every benchmark's metric, also one
+            # whose share of the benchmark was empty.
+            gathered = [None] * self._world()
+            torch.distributed.all_gather_object(gathered, sorted(names))
+            names = set().union(*gathered)
         averages = []
-        for name, metric in sorted(self.val_metrics.items()):
-            values = metric.compute()
+        for name in sorted(names):
+            if name not in self.val_metrics:
+                self.val_metrics[name] = PassAtK(ks=sorted({1, self.cfg.val_n})).to(self.device)
+            values = self.val_metrics[name].compute()  # every process's problems
             for k, v in values.items():
                 self.log(f"val/{name}/pass@{k}", float(v), sync_dist=False, batch_size=1)
-            avg = float(np.mean(self._val_acc[name]))
-            self.log(f"val/{name}/avg@{self.cfg.val_n}", avg, batch_size=1)
+            # The mean accuracy over problems of n samples each is the unbiased pass@1.
+            self.log(f"val/{name}/avg@{self.cfg.val_n}", float(values[1]), sync_dist=False, batch_size=1)
             averages.append(float(values[1]))
         if averages:
             self.log("val/avg_pass@1", float(np.mean(averages)), prog_bar=True, batch_size=1)
@@ -586,12 +759,3 @@ class GRPOModule(L.LightningModule):
         for example_id, by_epoch in checkpoint.get("example_accuracy", {}).items():
             for e, accs in by_epoch.items():
                 self._example_acc[example_id][int(e)] = list(accs)
-
-
-def config_from_dict(values: dict) -> GRPOConfig:
-    """GRPOConfig from a dict, naming unknown keys (a typo would otherwise be silently ignored)."""
-    known = {f.name for f in fields(GRPOConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown GRPO option(s) {unknown}; valid options: {sorted(known)}")
-    return GRPOConfig(**values)

@@ -30,14 +30,16 @@ from __future__ import annotations
 import copy
 import inspect
 import time
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.generation.logits_process import TopPLogitsWarper
 
-__all__ = ["Completions", "MergedCopy", "completion_mask_from_ids", "generate"]
+__all__ = ["Completions", "MergedCopy", "completion_mask_from_ids", "generate", "seeded_generator"]
 
 
 @dataclass
@@ -75,6 +77,18 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_ids: list[int]) -
     return mask, truncated
 
 
+def seeded_generator(device: torch.device | str, *keys: int | str) -> torch.Generator:
+    """A generator on ``device`` whose stream is a function of ``keys`` alone (run seed, process rank, step, ...).
+
+    Sampling from ``seeded_generator(device, seed, "rollout", step, rank)`` gives every process its own
+    responses, the same ones in every run with that seed, and the same ones after a resume, with no RNG state
+    to carry in checkpoints.
+    """
+    words = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) % 2**64 for k in keys]
+    seed = int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -88,10 +102,13 @@ def generate(
     top_p: float = 1.0,
     eos_ids: list[int] | None = None,
     batch_size: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> Completions:
     """Sample `n` responses for each left-padded prompt; `temperature == 0` means greedy decoding.
 
     `batch_size` bounds how many sequences one decode loop runs at once (memory), in whole groups.
+    `generator` (on the prompts' device) draws every random number of the call, so a sample is a function of
+    the generator's seed alone; None uses torch's global generator.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -123,6 +140,7 @@ def generate(
                     top_p=top_p,
                     eos_ids=eos_ids,
                     pad_id=pad_id,
+                    generator=generator,
                 )  # [p*n, t]
             )
     finally:
@@ -241,6 +259,7 @@ def _decode(
     top_p: float,
     eos_ids: list[int],
     pad_id: int,
+    generator: torch.Generator | None = None,
     prefill_once: bool = True,
     preallocate: bool = True,
     drop_finished: bool = True,
@@ -275,8 +294,8 @@ def _decode(
         input_ids=prefill_ids,
         attention_mask=prefill_mask if has_padding else None,
         position_ids=position_ids,
-        past_key_values=cache,
         use_cache=True,
+        **{_cache_argument(model): cache},
         **_last_logits_only(model),
     )
     logits = out.logits[:, -1].float()[row_source]  # [N, V]
@@ -292,7 +311,7 @@ def _decode(
     finished = torch.zeros(n_rows, dtype=torch.bool, device=device)  # [a]
     length = max_new_tokens
     for step in range(max_new_tokens):
-        token = _next_tokens(logits, temperature, top_p, inverse_cdf)  # [a]
+        token = _next_tokens(logits, temperature, top_p, inverse_cdf, generator)  # [a]
         # A row that already ended keeps emitting the pad id, as generate() does, until it leaves the batch.
         token = token.masked_fill(finished, pad_id)  # [a]
         tokens[active, step] = token
@@ -313,8 +332,8 @@ def _decode(
             input_ids=token[:, None],
             attention_mask=mask[:, : prompt_len + step + 1] if mask is not None else None,
             position_ids=next_position[:, None],
-            past_key_values=cache,
             use_cache=True,
+            **{_cache_argument(model): cache},
         )
         logits = out.logits[:, -1].float()  # [a, V]
         next_position = next_position + 1
@@ -332,7 +351,13 @@ def _worth_compacting(n_finished: int, n_active: int) -> bool:
     return n_finished * 8 >= n_active
 
 
-def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float, inverse_cdf: bool = True) -> torch.Tensor:
+def _next_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    inverse_cdf: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One token per row from float32 logits ``[a, V]``: argmax at temperature 0, else a sample as generate() draws it."""
     if temperature == 0:
         return logits.argmax(-1)  # [a]
@@ -341,13 +366,20 @@ def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float, inverse
         scores = TopPLogitsWarper(top_p)(None, scores)  # [a, V] -inf outside the nucleus
     probs = torch.softmax(scores, dim=-1)  # [a, V]
     if not inverse_cdf or probs.device.type == "mps":  # MPS has no float64
-        return torch.multinomial(probs, num_samples=1).squeeze(1)  # [a]
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)  # [a]
     # Inverse-CDF draw: one uniform per row instead of torch.multinomial's one exponential per vocabulary entry
     # (151936 per row, most of a CPU decode step). The CDF is float64 so that the smallest probabilities keep
     # their own step; searchsorted(right=True) never lands on a zero-probability token.
     cdf = probs.to(torch.float64).cumsum_(dim=-1)  # [a, V]
-    u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]  # [a, 1]
+    u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device, generator=generator) * cdf[:, -1:]  # [a, 1]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)  # [a]
+
+
+def _cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` in transformers 5.2x (``past_key_values`` is
+    deprecated there), ``past_key_values`` in models that do not take ``cache``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _last_logits_only(model) -> dict:
@@ -468,8 +500,22 @@ def _decode_with_hf_generate(
     top_p: float,
     eos_ids: list[int],
     pad_id: int,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The same ``[p*n, t]`` token ids through ``model.generate(num_return_sequences=n)``."""
+    """The same ``[p*n, t]`` token ids through ``model.generate(num_return_sequences=n)``.
+
+    ``generate`` takes no generator: with one, the global RNG is seeded from it inside a forked RNG state, so
+    the draw is still a function of the generator's seed and the caller's global RNG is left as it was.
+    """
+    if generator is not None:
+        devices = [input_ids.device] if input_ids.device.type == "cuda" else []
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return _decode_with_hf_generate(
+                model, input_ids, attention_mask, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                top_p=top_p, eos_ids=eos_ids, pad_id=pad_id,
+            )
     if temperature > 0:
         sample_kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=n)
     else:

@@ -3,6 +3,7 @@ per-token Python loops."""
 
 import math
 import statistics
+from fractions import Fraction
 
 import pytest
 import torch
@@ -359,19 +360,24 @@ def test_kl_k3_gradient_only_through_logp():
 
 
 def ref_focal_mask(entropy, mask, rho):
-    valid = [entropy[b][t] for b in range(len(entropy)) for t in range(len(entropy[b])) if mask[b][t]]
-    threshold = ref_quantile(valid, 1 - rho)
-    keep = []
-    for b in range(len(entropy)):
-        keep.append([bool(mask[b][t]) and entropy[b][t] >= threshold for t in range(len(entropy[b]))])
-    return keep, threshold
+    """The ceil(rho * n) highest valid entropies; ties go to the earlier token in row-major order."""
+    valid = [(entropy[b][t], b, t) for b in range(len(entropy)) for t in range(len(entropy[b])) if mask[b][t]]
+    k = math.ceil(Fraction(str(rho)) * len(valid))
+    # Python's sort is stable: among equal entropies the earlier position stays first.
+    kept = sorted(valid, key=lambda item: -item[0])[:k]
+    chosen = {(b, t) for _, b, t in kept}
+    keep = [[(b, t) in chosen for t in range(len(entropy[b]))] for b in range(len(entropy))]
+    return keep, (kept[-1][0] if kept else math.inf)
 
 
 @pytest.mark.parametrize("rho", [0.2, 0.5, 0.37, 1.0])
-def test_focal_mask_matches_loop_and_ignores_padding(rho):
+@pytest.mark.parametrize("ties", [False, True])
+def test_focal_mask_matches_loop_and_ignores_padding(rho, ties):
     _, _, _, mask = make_batch()
     g = torch.Generator().manual_seed(4)
     entropy = torch.rand(mask.shape, generator=g) ** 3  # [B, T], mostly low like real CoT
+    if ties:
+        entropy = (entropy * 4).round() / 4  # few distinct values: the quantile rule would keep too many
     entropy[mask == 0] = 1e6  # padding with huge entropies must not raise the threshold
     keep, threshold = focal_mask(entropy, mask, rho)
     want_keep, want_threshold = ref_focal_mask(entropy.tolist(), mask.tolist(), rho)
@@ -380,8 +386,21 @@ def test_focal_mask_matches_loop_and_ignores_padding(rho):
     assert keep.tolist() == want_keep
     assert not keep[mask == 0].any()
     n_valid = int(mask.sum())
-    # Without ties the kept count is the number of order statistics at or above the interpolation point.
-    assert int(keep.sum()) == n_valid - math.ceil((1 - rho) * (n_valid - 1))
+    # Exactly ceil(rho * N) tokens, ties or not.
+    assert int(keep.sum()) == math.ceil(Fraction(str(rho)) * n_valid)
+
+
+def test_focal_mask_pooled_over_parts_equals_the_whole_batch():
+    """Two processes' parts, each selecting with the pooled entropies, keep what the whole batch keeps."""
+    _, _, _, mask = make_batch()
+    entropy = ((torch.rand(mask.shape, generator=torch.Generator().manual_seed(8)) * 3).round() / 3)  # ties
+    whole, whole_threshold = focal_mask(entropy, mask, 0.2)
+    parts = [(entropy[:2], mask[:2]), (entropy[2:], mask[2:])]
+    pooled = torch.cat([e[m.bool()] for e, m in parts])
+    offsets = [0, int(mask[:2].sum())]
+    kept = [focal_mask(e, m, 0.2, pooled=pooled, offset=o) for (e, m), o in zip(parts, offsets)]
+    assert torch.equal(torch.cat([k for k, _ in kept]), whole)
+    assert all(t.item() == whole_threshold.item() for _, t in kept)
 
 
 def test_focal_mask_uses_given_threshold():

@@ -1,26 +1,38 @@
-"""GRPO building blocks: advantages, losses, the forking-token mask, chunked log-probs."""
+"""GRPO building blocks: advantages, losses, the forking-token mask, the whole objective, chunked log-probs."""
 
 from reprokit.algorithms.grpo import (
     ADVANTAGE_SCALES,
     AGG_MODES,
+    LossDenominators,
     aggregate,
+    aggregate_denominator,
+    aggregate_numerator,
     focal_mask,
     focal_threshold,
+    focal_topk,
     group_advantages,
+    grpo_objective,
     kl_k3,
     policy_loss,
+    policy_loss_tokens,
 )
 from reprokit.algorithms.logprobs import naive_logprobs_and_entropy, token_logprobs_and_entropy
 
 __all__ = [
     "ADVANTAGE_SCALES",
     "AGG_MODES",
+    "LossDenominators",
     "aggregate",
+    "aggregate_denominator",
+    "aggregate_numerator",
     "focal_mask",
     "focal_threshold",
+    "focal_topk",
     "group_advantages",
+    "grpo_objective",
     "kl_k3",
     "naive_logprobs_and_entropy",
     "policy_loss",
+    "policy_loss_tokens",
     "token_logprobs_and_entropy",
 ]

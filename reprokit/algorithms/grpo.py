@@ -16,6 +16,7 @@ Conventions shared with verl / TRL (see docs/PAPERS.md §2-§4):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -24,11 +25,18 @@ __all__ = [
     "AGG_MODES",
     "ADVANTAGE_SCALES",
     "group_advantages",
+    "LossDenominators",
+    "PolicyLossTokens",
     "aggregate",
-    "policy_loss",
-    "kl_k3",
-    "focal_threshold",
+    "aggregate_denominator",
+    "aggregate_numerator",
     "focal_mask",
+    "focal_threshold",
+    "focal_topk",
+    "grpo_objective",
+    "kl_k3",
+    "policy_loss",
+    "policy_loss_tokens",
 ]
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -113,7 +121,7 @@ def aggregate(loss_tokens: Tensor, mask: Tensor, agg: str = "token-mean", max_le
         agg: ``"token-mean"``: sum over all valid tokens / number of valid tokens in the batch, so
             every token weighs the same and long responses weigh more.
             ``"seq-mean-token-mean"``: mean over sequences of each sequence's token mean, so every
-            response weighs the same (sequences without valid tokens are left out).
+            response weighs the same (sequences without valid tokens are left out, as verl does).
             ``"seq-mean-token-sum-norm"`` (Dr. GRPO): each sequence's token sum / ``max_len``, then
             the mean over all B sequences; the constant divisor removes GRPO's length bias.
         max_len: the constant divisor for ``seq-mean-token-sum-norm`` (the maximum response length
@@ -122,28 +130,30 @@ def aggregate(loss_tokens: Tensor, mask: Tensor, agg: str = "token-mean", max_le
     Returns:
         Scalar. A mask without any valid token gives 0 (never NaN), still attached to the graph.
 
-    Under gradient accumulation each micro-batch is normalised by its own token / sequence count.
+    ``aggregate(x, m) == aggregate_numerator(x, m) / aggregate_denominator(m)``. The numerator is a sum
+    over rows, so a batch split into micro-batches (or processes) gives the whole batch's value when
+    every part divides its numerator by the *whole* batch's denominator; dividing each part by its own
+    denominator does not (the mean of means is not the mean).
     """
-    if agg not in AGG_MODES:
-        raise ValueError(f"agg={agg!r} is not one of {AGG_MODES}")
-    if loss_tokens.shape != mask.shape or loss_tokens.dim() != 2:
-        raise ValueError(
-            f"loss_tokens and mask must both be [B, T], got {tuple(loss_tokens.shape)} and {tuple(mask.shape)}"
-        )
+    numerator = aggregate_numerator(loss_tokens, mask, agg, max_len)  # []
+    return numerator / aggregate_denominator(mask, agg).to(numerator.dtype).clamp(min=1.0)  # []
+
+
+def aggregate_numerator(loss_tokens: Tensor, mask: Tensor, agg: str = "token-mean", max_len: int | None = None) -> Tensor:
+    """The sum part of :func:`aggregate`: a sum over rows, so the parts of a split batch add up.
+
+    token-mean: the sum of valid values; seq-mean-token-mean: the sum of each sequence's token mean
+    (sequences with valid tokens); seq-mean-token-sum-norm: the sum of each sequence's token sum / max_len.
+    """
+    _check_agg(loss_tokens, mask, agg)
     mask = mask.to(loss_tokens.dtype)  # [B, T]
     # where(), not a product: a non-finite value at a padded position must not leak into the sum.
     masked = torch.where(mask > 0, loss_tokens, torch.zeros_like(loss_tokens))  # [B, T]
-
     if agg == "token-mean":
-        return masked.sum() / mask.sum().clamp(min=1.0)  # []
-
-    tokens_per_seq = mask.sum(dim=1)  # [B]
+        return masked.sum()  # []
     sums = masked.sum(dim=1)  # [B]
     if agg == "seq-mean-token-mean":
-        seq_means = sums / tokens_per_seq.clamp(min=1.0)  # [B]
-        has_tokens = (tokens_per_seq > 0).to(loss_tokens.dtype)  # [B]
-        return (seq_means * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)  # []
-
+        return (sums / mask.sum(dim=1).clamp(min=1.0)).sum()  # [] an empty row adds 0
     if max_len is None:
         raise ValueError(
             "agg='seq-mean-token-sum-norm' needs max_len (the constant divisor, normally the maximum "
@@ -151,7 +161,30 @@ def aggregate(loss_tokens: Tensor, mask: Tensor, agg: str = "token-mean", max_le
         )
     if max_len <= 0:
         raise ValueError(f"max_len must be > 0 for agg='seq-mean-token-sum-norm', got {max_len}")
-    return (sums / max_len).mean()  # []
+    return (sums / max_len).sum()  # []
+
+
+def aggregate_denominator(mask: Tensor, agg: str = "token-mean", rows: int | None = None) -> Tensor:
+    """The count part of :func:`aggregate` (float32 scalar): valid tokens (token-mean), sequences with at
+    least one valid token (seq-mean-token-mean), or all sequences (seq-mean-token-sum-norm: ``rows`` of them
+    when given, for a batch that carries placeholder rows that are not responses)."""
+    if agg not in AGG_MODES:
+        raise ValueError(f"agg={agg!r} is not one of {AGG_MODES}")
+    valid = mask.bool()  # [B, T]
+    if agg == "token-mean":
+        return valid.sum().float()  # []
+    if agg == "seq-mean-token-mean":
+        return valid.any(dim=1).sum().float()  # []
+    return torch.tensor(float(mask.shape[0] if rows is None else rows), device=mask.device)  # []
+
+
+def _check_agg(loss_tokens: Tensor, mask: Tensor, agg: str) -> None:
+    if agg not in AGG_MODES:
+        raise ValueError(f"agg={agg!r} is not one of {AGG_MODES}")
+    if loss_tokens.shape != mask.shape or loss_tokens.dim() != 2:
+        raise ValueError(
+            f"loss_tokens and mask must both be [B, T], got {tuple(loss_tokens.shape)} and {tuple(mask.shape)}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,6 +234,50 @@ def policy_loss(
     With one optimizer step per rollout (on-policy) old_logp == logp.detach(), so ratio is 1 and
     the clip never acts; pass old_logp anyway so the same code covers several epochs per rollout.
     """
+    tokens = policy_loss_tokens(logp, old_logp, advantages, mask, epsilon_low, epsilon_high, dual_clip)
+    loss = aggregate(tokens.loss, mask, agg=agg, max_len=max_len)  # []
+    with torch.no_grad():
+        n_valid = mask.bool().sum().clamp(min=1).float()  # []
+        metrics = {"loss/pg": loss.detach().float()}
+        metrics.update({key: count / n_valid for key, count in tokens.counts(mask).items()})
+    return loss, metrics
+
+
+@dataclass
+class PolicyLossTokens:
+    """The clipped surrogate per token, before aggregation, and where each clip was active."""
+
+    loss: Tensor  # [B, T] per-token loss (unmasked: combine with a mask when aggregating)
+    ratio: Tensor  # [B, T] exp(logp - old_logp), detached
+    low: Tensor  # [B, T] bool: A < 0 and ratio < 1 - epsilon_low
+    high: Tensor  # [B, T] bool: A > 0 and ratio > 1 + epsilon_high
+    dual: Tensor | None  # [B, T] bool: A < 0 and the dual bound active (None without dual_clip)
+
+    def counts(self, mask: Tensor) -> dict[str, Tensor]:
+        """Token counts under ``mask`` ``[B, T]``: clip/low_frac, clip/high_frac, clip/frac, clip/dual_frac and
+        the summed ratio (ratio/mean), each still to be divided by the number of tokens counted over."""
+        valid = mask.bool()  # [B, T]
+        out = {
+            "clip/low_frac": (self.low & valid).sum().float(),  # []
+            "clip/high_frac": (self.high & valid).sum().float(),  # []
+            "clip/frac": ((self.low | self.high) & valid).sum().float(),  # []
+        }
+        if self.dual is not None:
+            out["clip/dual_frac"] = (self.dual & valid).sum().float()  # []
+        out["ratio/mean"] = torch.where(valid, self.ratio, torch.zeros_like(self.ratio)).sum().float()  # []
+        return out
+
+
+def policy_loss_tokens(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    dual_clip: float | None = None,
+) -> PolicyLossTokens:
+    """The per-token part of :func:`policy_loss` (same arguments, no aggregation)."""
     if logp.shape != old_logp.shape or logp.shape != mask.shape or logp.dim() != 2:
         raise ValueError(
             f"logp, old_logp and mask must all be [B, T], got {tuple(logp.shape)}, "
@@ -229,33 +306,20 @@ def policy_loss(
     # The max of the two negated terms is the min of the surrogates: the pessimistic bound.
     loss_tokens = torch.maximum(unclipped, clipped)  # [B, T]
 
-    valid = mask.bool()  # [B, T]
-    neg = (adv < 0).expand_as(valid)  # [B, T]
-    pos = (adv > 0).expand_as(valid)  # [B, T]
+    shape = logp.shape
+    neg = (adv < 0).expand(shape)  # [B, T]
+    pos = (adv > 0).expand(shape)  # [B, T]
     with torch.no_grad():
-        low_active = valid & neg & (ratio < 1.0 - epsilon_low)  # [B, T]
-        high_active = valid & pos & (ratio > 1.0 + epsilon_high)  # [B, T]
-
-    metrics: dict[str, Tensor] = {}
+        low = neg & (ratio < 1.0 - epsilon_low)  # [B, T]
+        high = pos & (ratio > 1.0 + epsilon_high)  # [B, T]
+    dual = None
     if dual_clip is not None:
         # For A < 0 the clipped loss -A * ratio grows without bound as ratio grows; cap it at -c * A.
         dual_bound = -adv * dual_clip  # [B, 1] or [B, T]
         with torch.no_grad():
-            dual_active = valid & neg & (loss_tokens > dual_bound)  # [B, T]
+            dual = neg & (loss_tokens > dual_bound)  # [B, T]
         loss_tokens = torch.where(neg, torch.minimum(loss_tokens, dual_bound), loss_tokens)  # [B, T]
-
-    loss = aggregate(loss_tokens, mask, agg=agg, max_len=max_len)  # []
-
-    with torch.no_grad():
-        n_valid = valid.sum().clamp(min=1).float()  # []
-        metrics["loss/pg"] = loss.detach().float()  # []
-        metrics["clip/low_frac"] = low_active.sum().float() / n_valid  # []
-        metrics["clip/high_frac"] = high_active.sum().float() / n_valid  # []
-        metrics["clip/frac"] = (low_active | high_active).sum().float() / n_valid  # []
-        if dual_clip is not None:
-            metrics["clip/dual_frac"] = dual_active.sum().float() / n_valid  # []
-        metrics["ratio/mean"] = torch.where(valid, ratio, torch.zeros_like(ratio)).sum().float() / n_valid  # []
-    return loss, metrics
+    return PolicyLossTokens(loss=loss_tokens, ratio=ratio.detach(), low=low, high=high, dual=dual)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,19 +402,34 @@ def _linear_quantile_kthvalue(values: Tensor, q: float) -> Tensor:
 
 
 def focal_mask(
-    entropy: Tensor, mask: Tensor, rho: float, threshold: Tensor | float | None = None
+    entropy: Tensor,
+    mask: Tensor,
+    rho: float,
+    threshold: Tensor | float | None = None,
+    *,
+    pooled: Tensor | None = None,
+    offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """Keep only the high-entropy ("forking") tokens: valid tokens with entropy >= the threshold.
+    """Keep only the high-entropy ("forking") tokens: exactly ``ceil(rho * N)`` of the N valid tokens.
 
     Args:
         entropy: ``[B, T]`` per-token entropy at the rollout temperature (no grad needed).
-        mask: ``[B, T]`` valid response tokens; padding never counts towards the quantile.
+        mask: ``[B, T]`` valid response tokens; padding never counts towards the selection.
         rho: fraction of valid tokens kept, in (0, 1]; 1 keeps all valid tokens.
-        threshold: a precomputed threshold (from :func:`focal_threshold` over the entropies pooled
-            across micro-batches and processes, as the paper does); computed from this batch if None.
+        threshold: a fixed threshold instead: keep the valid tokens with entropy >= it (no count is enforced).
+        pooled: ``[M]`` the valid entropies of the whole rollout batch in a fixed global order (every
+            micro-batch and process, as the paper pools them), of which this batch's valid tokens, in
+            row-major order, are ``pooled[offset : offset + N]``. None = this batch alone.
+        offset: where this batch's valid tokens start in ``pooled``.
 
     Returns:
-        ``(keep [B, T] bool, threshold scalar)``. Multiply ``keep`` into the policy-loss mask.
+        ``(keep [B, T] bool, threshold scalar)``: the threshold is the smallest kept entropy (``+inf`` when
+        nothing is kept). Multiply ``keep`` into the policy-loss mask.
+
+    The paper's code keeps every token at or above the (1 - rho) quantile, so tied entropies (a model that is
+    certain writes many tokens at entropy ~0) can keep more than rho of the tokens. Here the ``ceil(rho * M)``
+    highest are kept and ties at the threshold go to the tokens that come first in the pooled order, so the
+    kept fraction is rho up to rounding, whatever the ties.
     """
     _check_rho(rho)
     if entropy.shape != mask.shape:
@@ -359,8 +438,150 @@ def focal_mask(
         )
     valid = mask.bool()  # [B, T]
     entropy = entropy.detach()  # [B, T]
-    if threshold is None:
-        threshold = focal_threshold(entropy[valid], rho)  # []
-    threshold = torch.as_tensor(threshold, device=entropy.device)  # []
-    keep = valid & (entropy.to(threshold.dtype) >= threshold)  # [B, T]
+    if threshold is not None:
+        threshold = torch.as_tensor(threshold, device=entropy.device)  # []
+        return valid & (entropy.to(threshold.dtype) >= threshold), threshold
+    local = entropy[valid]  # [N] row-major
+    if pooled is None:
+        pooled, offset = local, 0
+    if offset < 0 or offset + local.numel() > pooled.numel():
+        raise ValueError(f"this batch's {local.numel()} valid tokens at offset {offset} do not fit in pooled [{pooled.numel()}]")
+    kept_pooled, threshold = focal_topk(pooled, rho)  # [M], []
+    keep = torch.zeros_like(valid)  # [B, T]
+    keep[valid] = kept_pooled[offset : offset + local.numel()]
     return keep, threshold
+
+
+def focal_topk(values: Tensor, rho: float) -> tuple[Tensor, Tensor]:
+    """Which of ``values`` ``[M]`` are the ``ceil(rho * M)`` highest (ties: lower index first), and the smallest
+    kept value (``+inf`` for an empty input)."""
+    _check_rho(rho)
+    values = values.detach().reshape(-1).float()  # [M]
+    m = values.numel()
+    keep = torch.zeros(m, dtype=torch.bool, device=values.device)  # [M]
+    if m == 0:
+        return keep, torch.tensor(math.inf, device=values.device)
+    k = min(m, math.ceil(rho * m - 1e-9))  # the epsilon keeps 0.2 * 10 from rounding up to 3
+    order = torch.argsort(values, descending=True, stable=True)  # [M] stable: ties keep index order
+    keep[order[:k]] = True
+    return keep, values[order[k - 1]]
+
+
+# --------------------------------------------------------------------------------------------
+# The whole objective
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossDenominators:
+    """The counts that turn the objective's sums into means over the WHOLE rollout batch.
+
+    Counted once over every micro-batch (and, under DDP, summed over every process) before the update, so
+    the gradient does not depend on how the batch is split. ``scale`` multiplies the loss: the number of
+    processes, because DDP averages gradients over them and each process must contribute its share of the
+    global sum, not its own mean.
+    """
+
+    pg: float  # aggregate_denominator of the policy-gradient mask (valid & focal)
+    valid: float  # aggregate_denominator of the valid mask (entropy, KL)
+    pg_tokens: float  # tokens in the policy-gradient mask (for per-token metrics)
+    valid_tokens: float  # valid response tokens (for per-token metrics)
+    scale: float = 1.0  # processes whose gradients DDP averages
+
+    @staticmethod
+    def counts(valid: Tensor, pg_mask: Tensor, agg: str, rows: int | None = None) -> Tensor:
+        """``[4]`` float64 local counts (pg, valid, pg_tokens, valid_tokens): sum them over micro-batches and
+        processes, then :meth:`from_counts`. ``rows``: the responses among the rows (see aggregate_denominator)."""
+        return torch.stack(
+            [
+                aggregate_denominator(pg_mask, agg, rows),
+                aggregate_denominator(valid, agg, rows),
+                pg_mask.bool().sum().float(),
+                valid.bool().sum().float(),
+            ]
+        ).double()  # [4]
+
+    @classmethod
+    def from_counts(cls, counts: Tensor, scale: float = 1.0) -> "LossDenominators":
+        pg, valid, pg_tokens, valid_tokens = (float(c) for c in counts.tolist())
+        return cls(pg=pg, valid=valid, pg_tokens=pg_tokens, valid_tokens=valid_tokens, scale=float(scale))
+
+
+def grpo_objective(
+    logp: Tensor,
+    entropy: Tensor,
+    advantages: Tensor,
+    valid: Tensor,
+    pg_mask: Tensor,
+    denominators: LossDenominators,
+    *,
+    old_logp: Tensor | None = None,
+    ref_logp: Tensor | None = None,
+    loss_agg: str = "token-mean",
+    max_len: int | None = None,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    dual_clip: float | None = None,
+    entropy_coef: float = 0.0,
+    kl_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The GRPO / DAPO / Dr. GRPO loss of one micro-batch, as its share of the whole batch's loss::
+
+        loss = agg_pg(clipped surrogate) - entropy_coef * agg_valid(entropy) + kl_coef * agg_valid(k3 KL)
+
+    where ``agg_pg`` aggregates over ``pg_mask`` (the valid tokens, or only the forking ones) and ``agg_valid``
+    over ``valid`` (KL and entropy are not focal-masked), each as ``aggregate_numerator / denominator`` with
+    the whole batch's denominators, times ``denominators.scale``. Summing this loss over the micro-batches of a
+    batch (and averaging over processes, as DDP does with gradients) gives exactly the loss of the whole batch
+    in one piece, for every ``loss_agg``.
+
+    Args:
+        logp: ``[B, T]`` log-probs of the sampled tokens under the policy (with grad).
+        entropy: ``[B, T]`` per-token entropy (with grad when ``entropy_coef != 0``).
+        advantages: ``[B]`` one advantage per response.
+        valid: ``[B, T]`` response tokens that get loss (truncated responses may be masked out).
+        pg_mask: ``[B, T]`` tokens that get policy gradient, a subset of ``valid``.
+        denominators: the whole batch's counts (:class:`LossDenominators`).
+        old_logp: ``[B, T]`` behaviour log-probs; None = on-policy (ratio 1: ``logp.detach()``).
+        ref_logp: ``[B, T]`` reference log-probs, needed when ``kl_coef > 0``.
+        loss_agg, max_len: see :func:`aggregate`.
+        epsilon_low, epsilon_high, dual_clip: see :func:`policy_loss`.
+        entropy_coef, kl_coef: weights of the entropy bonus and the KL penalty.
+
+    Returns:
+        ``(loss, metrics)``: metrics are this micro-batch's detached shares, on the same scale as the loss, so
+        they too add up over micro-batches to the batch's value: ``loss/pg``, ``loss/total``, ``entropy/mean``
+        (per valid token), ``entropy/kept_mean`` (per policy-gradient token), ``kl/mean`` (when ``kl_coef > 0``),
+        ``clip/*`` and ``ratio/mean`` (per policy-gradient token).
+    """
+    if kl_coef > 0 and ref_logp is None:
+        raise ValueError("grpo_objective: kl_coef > 0 needs ref_logp (the reference model's log-probs)")
+    valid_f = valid.to(logp.dtype)  # [B, T]
+    pg_f = (pg_mask.bool() & valid.bool()).to(logp.dtype)  # [B, T]
+    old = logp.detach() if old_logp is None else old_logp  # [B, T]
+    tokens = policy_loss_tokens(logp, old, advantages, pg_f, epsilon_low, epsilon_high, dual_clip)
+    scale = denominators.scale
+    per = lambda value, count: value * (scale / max(count, 1.0))  # noqa: E731  share of a global mean
+
+    pg = per(aggregate_numerator(tokens.loss, pg_f, loss_agg, max_len), denominators.pg)  # []
+    loss = pg
+    if entropy_coef != 0:
+        loss = loss - entropy_coef * per(aggregate_numerator(entropy, valid_f, loss_agg, max_len), denominators.valid)
+    kl = None
+    if kl_coef > 0:
+        kl = per(aggregate_numerator(kl_k3(logp, ref_logp), valid_f, loss_agg, max_len), denominators.valid)  # []
+        loss = loss + kl_coef * kl
+
+    with torch.no_grad():
+        ent = entropy.detach()  # [B, T]
+        metrics = {
+            "loss/pg": pg.detach(),
+            "loss/total": loss.detach(),
+            "entropy/mean": per((ent * valid_f).sum(), denominators.valid_tokens),
+            "entropy/kept_mean": per((ent * pg_f).sum(), denominators.pg_tokens),
+        }
+        if kl is not None:
+            metrics["kl/mean"] = kl.detach()
+        for key, count in tokens.counts(pg_f).items():
+            metrics[key] = per(count, denominators.pg_tokens)
+    return loss, metrics

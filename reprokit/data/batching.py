@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from reprokit.data.errors import DataError
 from reprokit.data.readers import Example
@@ -18,6 +18,7 @@ __all__ = [
     "PromptBatch",
     "PromptDataset",
     "PromptItem",
+    "ResumableDataLoader",
     "SeededEpochSampler",
     "collate_prompts",
     "get_pad_token_id",
@@ -179,27 +180,76 @@ class PromptDataset(Dataset):
         return self.items[index]
 
 
-class SeededEpochSampler(Sampler[int]):
-    """A fresh permutation per epoch, drawn from a generator seeded with ``seed + epoch``.
+class SeededEpochSampler(DistributedSampler):
+    """A fresh permutation per epoch, drawn from a generator seeded with ``seed + epoch``, split over processes.
 
-    The order is a pure function of (seed, epoch): two runs with one seed see the same data, and a
-    run resumed at an epoch boundary continues with the order it would have had. Lightning calls
-    :meth:`set_epoch` at every epoch start; under DDP it wraps this sampler in its
-    ``DistributedSamplerWrapper``, which forwards ``set_epoch`` and gives each process a distinct
-    share of the permutation.
+    The order is a pure function of (seed, epoch): two runs with one seed see the same data, and another seed
+    gives another order. With ``num_replicas`` processes the permutation is padded (repeating its start) to a
+    multiple of them and process ``rank`` takes every ``num_replicas``-th index from position ``rank``, as
+    torch's ``DistributedSampler`` splits; being one, it is left in place by Lightning. Lightning calls
+    :meth:`set_epoch` at every epoch start. :class:`ResumableDataLoader` makes a mid-epoch resume continue
+    where the checkpoint was taken.
     """
 
-    def __init__(self, num_items: int, seed: int = 0):
+    def __init__(self, num_items: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ would look up the process group; the split is given explicitly instead.
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"SeededEpochSampler: rank {rank} is not in [0, {num_replicas})")
         self.num_items = num_items
         self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
+        self.shuffle = True
+        self.drop_last = False
+        self.num_samples = -(-num_items // num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_items
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+        order = torch.randperm(self.num_items, generator=generator).tolist()
+        order += order[: self.total_size - len(order)]  # pad so that every process gets as many
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position within the epoch is saved in checkpoints (Lightning's stateful-loader protocol).
+
+    Without it a run resumed mid-epoch replays the epoch's first batches and never sees the rest (Lightning
+    restarts a plain loader at the epoch's beginning). The state is the epoch and the number of batches handed
+    out in it; on load, the first iteration of that same epoch skips them, so the resumed run trains on exactly
+    the batches an uninterrupted run would have. The sampler must be deterministic per epoch
+    (:class:`SeededEpochSampler`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._epoch = 0
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = getattr(self.sampler, "epoch", 0)
+        iterator = super().__iter__()
+        skip = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            skip = self._resume[1]
+        self._resume = None
+        for _ in range(skip):
+            next(iterator, None)
+        self._epoch, self._yielded = epoch, skip
+        for batch in iterator:
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches"]))

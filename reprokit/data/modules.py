@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from reprokit.data.batching import (
+    PromptBatch,
     PromptDataset,
     PromptItem,
+    ResumableDataLoader,
     SeededEpochSampler,
     collate_prompts,
     get_pad_token_id,
@@ -99,8 +102,8 @@ class _PromptDataModule(L.LightningDataModule):
             )
         return self.batch_size // world
 
-    def _loader(self, dataset: PromptDataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: PromptDataset, batch_size: int, loader_class: type = DataLoader, **kwargs: Any) -> DataLoader:
+        return loader_class(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -243,9 +246,9 @@ class MathDataModule(_PromptDataModule):
     """A full training file (e.g. DSR-sub, 1209 problems), reshuffled every epoch from ``seed``.
 
     The order is a pure function of (seed, epoch) (:class:`SeededEpochSampler`): two runs with one
-    seed see identical batches, another seed gives another order, and a run resumed at an epoch
-    boundary continues with the order it would have had. Under DDP Lightning wraps the sampler in a
-    distributed wrapper that forwards the epoch and gives each process distinct prompts.
+    seed see identical batches and another seed gives another order. The loader saves its place in the
+    epoch in every checkpoint (:class:`ResumableDataLoader`), so a run resumed at any step trains on the
+    prompts an uninterrupted run would have. Under DDP the sampler gives each process a distinct share.
 
     Args:
         tokenizer: the policy's transformers tokenizer.
@@ -328,8 +331,18 @@ class MathDataModule(_PromptDataModule):
                 f"{self.path}: {len(self.train_dataset)} prompts cannot fill one batch of {self.batch_size} "
                 "(drop_last=True would leave no training step); lower batch_size or set drop_last=False"
             )
-        sampler = SeededEpochSampler(len(self.train_dataset), seed=self.seed)
-        return self._loader(self.train_dataset, per_device, sampler=sampler, drop_last=self.drop_last)
+        trainer = getattr(self, "trainer", None)
+        rank = trainer.global_rank if trainer is not None else 0
+        sampler = SeededEpochSampler(len(self.train_dataset), seed=self.seed, num_replicas=self._world_size(), rank=rank)
+        return self._loader(
+            self.train_dataset, per_device, loader_class=ResumableDataLoader, sampler=sampler, drop_last=self.drop_last
+        )
+
+    def refill_batch(self, size: int, generator: torch.Generator) -> PromptBatch:
+        """``size`` further prompts drawn with ``generator`` (the dynamic-sampling refill of one process)."""
+        self.setup("fit")
+        rows = torch.randperm(len(self.train_dataset), generator=generator)[:size].tolist()
+        return collate_prompts([self.train_dataset[i] for i in rows], pad_token_id=get_pad_token_id(self.tokenizer))
 
 
 class EvalDataModule(_PromptDataModule):

@@ -136,7 +136,7 @@ def run_grpo_recipe(
     grpo: GRPOConfig = init.grpo
     if grpo.accuracy_file is None:
         grpo.accuracy_file = str(run_dir / "example_accuracy.json")
-    module = GRPOModule(model, tokenizer, grpo, run_dir=str(run_dir))
+    module = GRPOModule(model, tokenizer, grpo, run_dir=str(run_dir), seed=run.seed)
     trainer = build_trainer(run, run_dir, val_every=run.val_every if eval_dl is not None else 0)
     ckpt = last_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:

@@ -237,7 +237,7 @@ def _train_grpo(base_path: Path, study: StudyConfig, world: WorldConfig, out: Pa
     L.seed_everything(study.seed, verbose=False)
     model, tokenizer = _load(base_path, study, lora=True)
     datamodule = data(tokenizer)
-    module = GRPOModule(model, tokenizer, cfg, run_dir=str(out))
+    module = GRPOModule(model, tokenizer, cfg, run_dir=str(out), seed=study.seed)
     run = RunConfig(run_dir=str(out), max_steps=study.rl_steps, checkpoint_every=study.rl_steps, accelerator="cpu", devices="1")
     trainer = build_trainer(run, out, val_every=0)
     trainer.fit(module, datamodule=datamodule)
