@@ -303,6 +303,7 @@ class GRPOModule(L.LightningModule):
         self._example_acc: dict[str, dict[int, list[float]]] = defaultdict(_epoch_table)
         self.val_metrics: dict[str, PassAtK] = {}
         self._skipped_in_a_row = 0
+        self._focal_threshold = float("nan")
         self.last_rollout: Rollout | None = None
         self.last_metrics: dict[str, float] = {}
         if self.cfg.kl_coef > 0 and not hasattr(model, "disable_adapter"):
@@ -357,6 +358,13 @@ class GRPOModule(L.LightningModule):
     def _generator(self, *keys) -> torch.Generator:
         """This process's random stream for one sampling call: a function of the run seed, the rank and ``keys``."""
         return seeded_generator(self.device, self.seed, self._rank(), *keys)
+
+    def _batch_index(self) -> int:
+        """Training batches drawn so far in the run, skipped ones included (restored on resume): the key of each
+        step's rollout seed. The optimizer step would repeat while steps are skipped, and so would the samples."""
+        if self._trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.total_batch_idx)
 
     # ------------------------------------------------------------------ forward passes
     def _network(self):
@@ -464,7 +472,7 @@ class GRPOModule(L.LightningModule):
             top_p=cfg.top_p,
             eos_ids=self.eos_ids,
             batch_size=cfg.generation_batch_size,
-            generator=self._generator("rollout", self.global_step, round_index),
+            generator=self._generator("rollout", self._batch_index(), round_index),
         )
         answers = [a for a in batch.answers for _ in range(cfg.group_size)]
         extra = _split_fields(batch.fields, cfg.group_size)
@@ -485,7 +493,7 @@ class GRPOModule(L.LightningModule):
         refill = getattr(datamodule, "refill_batch", None)
         if refill is None:
             return batch
-        generator = seeded_generator("cpu", self.seed, self._rank(), "refill", self.global_step, round_index)
+        generator = seeded_generator("cpu", self.seed, self._rank(), "refill", self._batch_index(), round_index)
         return refill(len(batch.prompts), generator).to(self.device)
 
     def _pad_id(self) -> int:
@@ -534,20 +542,50 @@ class GRPOModule(L.LightningModule):
         return focal_mask(ro.entropy, ro.mask, self.cfg.top_entropy_quantile, pooled=pooled, offset=offset)
 
     def update(self, ro: Rollout) -> dict[str, float]:
-        """``num_iterations`` optimizer updates on a scored rollout: backward over micro-batches, clip, step."""
+        """``num_iterations`` optimizer updates on a scored rollout: gradients over micro-batches, clip, step."""
         cfg = self.cfg
         opt = self.optimizers()
         sched = self.lr_schedulers()
+        sums: dict[str, float] = defaultdict(float)
+        metrics: dict[str, float] = {}
+        for _ in range(cfg.num_iterations):
+            opt.zero_grad(set_to_none=True)
+            metrics = self.accumulate_gradients(ro)
+            for key, value in metrics.items():
+                sums[key] += value
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+            # Gradients are already averaged over processes: the norm is the same on every process.
+            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, clip))
+            sums["lr"] += float(opt.param_groups[0]["lr"])  # the LR this update uses
+            opt.step()
+            sched.step()
+        out = {key: value / cfg.num_iterations for key, value in sums.items()}
+        for key in ("focal/threshold", "focal/kept_frac", "update/micro_batches"):
+            if key in metrics:
+                out[key] = metrics[key]
+        return out
+
+    def accumulate_gradients(self, ro: Rollout) -> dict[str, float]:
+        """Backward of the whole rollout's objective into ``.grad``, micro-batch by micro-batch; returns metrics.
+
+        The focal mask and the loss denominators are taken over the whole batch (every process) first, so the
+        accumulated gradient is the same for every ``micro_batch_size`` and, under DDP, equals the gradient of
+        all processes' rollouts in one process.
+        """
+        cfg = self.cfg
         metrics: dict[str, float] = {}
         valid = ro.mask.bool()  # [N, T]
         if cfg.top_entropy_quantile < 1:
-            pg_mask, threshold = self._focal_mask(ro)  # [N, T]
-            ro.pg_mask = pg_mask & valid  # [N, T]
-            metrics["focal/threshold"] = float(threshold)
+            if ro.pg_mask is None:
+                pg_mask, threshold = self._focal_mask(ro)  # [N, T]
+                ro.pg_mask = pg_mask & valid  # [N, T]
+                self._focal_threshold = float(threshold)
+            metrics["focal/threshold"] = self._focal_threshold
         else:
             ro.pg_mask = valid  # [N, T]
         # Whole-batch counts (all processes): each micro-batch's loss is its share of the batch's mean.
-        counts = self._all_reduce(LossDenominators.counts(valid, ro.pg_mask, cfg.loss_agg, rows=ro.num_real_rows))
+        counts = self._all_reduce(LossDenominators.counts(valid, ro.pg_mask, cfg.loss_agg, rows=ro.num_real_rows).to(self.device))
         denominators = LossDenominators.from_counts(counts, scale=self._world())
         if cfg.top_entropy_quantile < 1:
             metrics["focal/kept_frac"] = denominators.pg_tokens / max(1.0, denominators.valid_tokens)
@@ -555,49 +593,44 @@ class GRPOModule(L.LightningModule):
         n_micro = int(self._all_reduce(torch.tensor([float(n_micro)], device=self.device), op="max").item())
         micro_batches = list(ro.micro_batches(cfg.micro_batch_size))
         micro_batches += [ro.placeholder()] * (n_micro - len(micro_batches))
+        metrics["update/micro_batches"] = float(n_micro)
 
         sums: dict[str, float] = defaultdict(float)
-        for _ in range(cfg.num_iterations):
-            opt.zero_grad(set_to_none=True)
-            for index, mb in enumerate(micro_batches):
-                mb = mb.trimmed()
-                with self._no_backward_sync(sync=index == len(micro_batches) - 1):
-                    logp, entropy = self._logprobs(mb, with_entropy=True)  # [n, T'], [n, T']
-                    loss, parts = grpo_objective(
-                        logp,
-                        entropy if cfg.entropy_coef != 0 else entropy.detach(),
-                        mb.advantages,
-                        mb.mask,
-                        mb.pg_mask,
-                        denominators,
-                        old_logp=mb.old_logp,
-                        ref_logp=mb.ref_logp,
-                        loss_agg=cfg.loss_agg,
-                        max_len=cfg.max_new_tokens,
-                        epsilon_low=cfg.epsilon_low,
-                        epsilon_high=cfg.epsilon_high,
-                        dual_clip=cfg.dual_clip,
-                        entropy_coef=cfg.entropy_coef,
-                        kl_coef=cfg.kl_coef,
-                    )
-                    self.manual_backward(loss)
-                for key, value in parts.items():
-                    sums[key] += float(value)
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            # Gradients are already averaged over processes: the norm is the same on every process.
-            sums["grad_norm"] += float(grad_norm)
-            opt.step()
-            sched.step()
-
-        for key, value in sums.items():
-            metrics[key] = value / cfg.num_iterations
+        for index, mb in enumerate(micro_batches):
+            mb = mb.trimmed()
+            with self._no_backward_sync(sync=index == len(micro_batches) - 1):
+                logp, entropy = self._logprobs(mb, with_entropy=True)  # [n, T'], [n, T']
+                loss, parts = grpo_objective(
+                    logp,
+                    entropy if cfg.entropy_coef != 0 else entropy.detach(),
+                    mb.advantages,
+                    mb.mask,
+                    mb.pg_mask,
+                    denominators,
+                    old_logp=mb.old_logp,
+                    ref_logp=mb.ref_logp,
+                    loss_agg=cfg.loss_agg,
+                    max_len=cfg.max_new_tokens,
+                    epsilon_low=cfg.epsilon_low,
+                    epsilon_high=cfg.epsilon_high,
+                    dual_clip=cfg.dual_clip,
+                    entropy_coef=cfg.entropy_coef,
+                    kl_coef=cfg.kl_coef,
+                )
+                self._backward(loss)
+            for key, value in parts.items():
+                sums[key] += float(value)
         if cfg.top_entropy_quantile >= 1:
-            metrics.pop("entropy/kept_mean", None)
-        metrics["lr"] = float(sched.get_last_lr()[0])
-        metrics["update/micro_batches"] = float(n_micro)
+            sums.pop("entropy/kept_mean", None)
+        metrics.update(sums)
         return metrics
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Lightning's backward inside a Trainer (precision, DDP), a plain one outside (tests, notebooks)."""
+        if self._trainer is not None:
+            self.manual_backward(loss)
+        else:
+            loss.backward()
 
     # ------------------------------------------------------------------ logging
     def _rollout_metrics(self, rounds: list[_Sampled]) -> dict[str, float]:

@@ -5,8 +5,8 @@ saves its state in checkpoints, and :meth:`LRSchedule.extend` defines what a res
 ``max_steps`` does: the decay is rebuilt for the new length from the resumed step, continuing from the LR
 it had reached (no jump)::
 
-    schedule = LRSchedule("linear", warmup=0, total=100)      # step 50: factor 0.5
-    schedule.extend(total=200, step=50)                       # step 50: still 0.5, then linearly to 0 at 200
+    schedule = LRSchedule("linear", warmup=0, total=100)      # the update at step 49 runs at factor 0.51
+    schedule.extend(total=200, step=50)                       # resumed after 50: 0.51 at step 49, then down to 0 at 200
 """
 
 from __future__ import annotations
@@ -37,16 +37,19 @@ class LRSchedule:
         self.warmup = int(warmup)
         self.total = max(1, int(total))
         self.floor = float(floor)
-        # The decay runs from (anchor_step, anchor_progress) to (total, 1); extend() moves the anchor.
-        self.anchor_step = self.warmup
-        self.anchor_progress = 0.0
+        # The decay in pieces (start step, progress there, the total it heads for); extend() adds one.
+        self.segments: list[tuple[int, float, int]] = [(self.warmup, 0.0, self.total)]
 
     def progress(self, step: int) -> float:
         """Where the decay stands at ``step``, from 0 (start) to 1 (``total``)."""
-        if step <= self.anchor_step:
-            return self.anchor_progress
-        span = max(1, self.total - self.anchor_step)
-        return min(1.0, self.anchor_progress + (1.0 - self.anchor_progress) * (step - self.anchor_step) / span)
+        start, start_progress, total = self.segments[0]
+        for segment in self.segments:
+            if segment[0] <= step:
+                start, start_progress, total = segment
+        if step <= start:
+            return start_progress
+        span = max(1, total - start)
+        return min(1.0, start_progress + (1.0 - start_progress) * (step - start) / span)
 
     def __call__(self, step: int) -> float:
         if self.warmup and step < self.warmup:
@@ -58,22 +61,20 @@ class LRSchedule:
         return self.floor + (1.0 - self.floor) * shape
 
     def extend(self, total: int, step: int) -> None:
-        """Rebuild the decay for a new ``total`` from ``step`` on, keeping the factor at ``step``.
+        """Rebuild the decay for a new ``total`` when a run resumes at ``step`` (``step`` updates done).
 
-        The rest of the decay (from the progress reached at ``step`` to the end) is stretched or squeezed onto
-        the updates left, so the LR is continuous at ``step`` and reaches ``floor`` at the new ``total``. During
-        warm-up nothing has decayed yet: the decay simply starts after warm-up and ends at the new ``total``.
+        The last update done (``step - 1``) keeps its factor, and the rest of the decay, from the progress reached
+        there to the end, is spread over the updates up to the new ``total``: the LR is continuous, keeps
+        decreasing, and reaches ``floor`` at the new ``total``. (A run that had finished its decay continues from
+        the small LR of its last update rather than from 0.) During warm-up nothing has decayed yet: the decay
+        simply starts after warm-up and ends at the new ``total``.
         """
         total = max(1, int(total))
         if total == self.total:
             return
-        if step > self.anchor_step:
-            self.anchor_progress = self.progress(step)
-            self.anchor_step = int(step)
+        last = max(int(step) - 1, self.warmup)
+        self.segments = [seg for seg in self.segments if seg[0] < last] + [(last, self.progress(last), total)]
         self.total = total
 
     def __repr__(self) -> str:
-        return (
-            f"LRSchedule({self.schedule!r}, warmup={self.warmup}, total={self.total}, floor={self.floor}, "
-            f"anchor=({self.anchor_step}, {self.anchor_progress:.4f}))"
-        )
+        return f"LRSchedule({self.schedule!r}, warmup={self.warmup}, total={self.total}, floor={self.floor}, segments={self.segments})"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -40,6 +43,23 @@ class RunConfig:
     """Lightning precision: auto = bf16-mixed on a bf16-capable GPU, else 32-true."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
+    callbacks: list[str] = field(default_factory=list)
+    """Extra Lightning callbacks as importable 'module:Class' names, each built without arguments (e.g. to record
+    rollouts); the module must be importable where every process starts."""
+    stop_timeout_s: float = 30.0
+    """After SIGTERM, the run stops at the next step; if it has not stopped within this many seconds (a process
+    stuck in a collective), every process of the run is killed."""
+
+    def __post_init__(self):
+        if self.strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+            raise ValueError(
+                f"RunConfig.strategy={self.strategy!r}: the recipes run several processes with --run.strategy ddp "
+                "(Lightning starts this same command once per device); with a spawned or forked strategy the "
+                "training happens in child processes whose step count, metrics and checkpoints do not come back "
+                "to the process that validates and reports the run"
+            )
+        if self.stop_timeout_s <= 0:
+            raise ValueError(f"RunConfig.stop_timeout_s={self.stop_timeout_s!r} must be > 0 seconds")
 
 
 def preset_names(recipe: str) -> list[str]:
@@ -152,7 +172,8 @@ def build_trainer(run: RunConfig, run_dir: Path, *, val_every: int | None = None
     # Validation inside fit counts training batches across epochs (a one-shot "epoch" is a single batch);
     # without val_every, fit gets no val dataloaders and the recipe validates before and after instead.
     val_schedule = dict(val_check_interval=val_every, check_val_every_n_epoch=None) if val_every else {}
-    return L.Trainer(
+    extra = [_load_callback(name) for name in run.callbacks]
+    trainer = L.Trainer(
         max_steps=run.max_steps,
         max_epochs=-1,
         accelerator=run.accelerator,
@@ -160,7 +181,7 @@ def build_trainer(run: RunConfig, run_dir: Path, *, val_every: int | None = None
         strategy=run.strategy,
         precision=resolve_precision(run),
         logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
-        callbacks=[checkpoints, *callbacks],
+        callbacks=[checkpoints, *callbacks, *extra, StopWithin(run.stop_timeout_s)],
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         **val_schedule,
@@ -168,6 +189,66 @@ def build_trainer(run: RunConfig, run_dir: Path, *, val_every: int | None = None
         enable_model_summary=False,
         use_distributed_sampler=True,
     )
+    return trainer
+
+
+def _load_callback(name: str):
+    from reprokit.registry import import_object
+
+    try:
+        return import_object(name, what="run.callbacks entry")()
+    except TypeError as err:
+        raise SystemExit(f"run.callbacks: {name!r} could not be built without arguments ({err})") from err
+
+
+class StopWithin(L.Callback):
+    """A run told to stop (SIGTERM) stops, also when a process is stuck where Python cannot act on the signal.
+
+    Lightning stops at the next step on SIGTERM, but a Python signal handler only runs between bytecodes: a
+    process blocked in a collective (waiting for a process that will never join) never gets there. The signal
+    still wakes a watcher thread (through ``signal.set_wakeup_fd``); if the process is alive ``seconds`` later,
+    the watcher kills the processes this one launched (the other DDP ranks) and exits. Every rank but the
+    launching one also exits when its launcher is gone, so no process is left behind.
+    """
+
+    def __init__(self, seconds: float = 30.0):
+        self.seconds = float(seconds)
+        self._started = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        import threading
+
+        if self._started or threading.current_thread() is not threading.main_thread():
+            return
+        self._started = True
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        try:
+            signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread of the main interpreter
+            return
+        threading.Thread(target=self._watch, args=(read_fd, trainer), name="reprokit-stop", daemon=True).start()
+        if trainer.global_rank > 0 and "LOCAL_RANK" in os.environ:
+            threading.Thread(target=self._follow_launcher, args=(os.getppid(),), name="reprokit-orphan", daemon=True).start()
+
+    def _watch(self, read_fd: int, trainer) -> None:
+        while True:
+            received = os.read(read_fd, 64)
+            if signal.SIGTERM in received or signal.SIGINT in received:
+                break
+        time.sleep(self.seconds)
+        print(f"[reprokit] still running {self.seconds:.0f} s after SIGTERM: killing the run's processes", flush=True)
+        launcher = getattr(trainer.strategy, "launcher", None)
+        for proc in getattr(launcher, "procs", []):
+            with contextlib.suppress(OSError):
+                proc.kill()
+        os._exit(128 + signal.SIGTERM)
+
+    @staticmethod
+    def _follow_launcher(parent: int) -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(128 + signal.SIGTERM)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

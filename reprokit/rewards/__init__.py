@@ -8,9 +8,9 @@ callable. Built-ins are added by registering them in ``REWARDS``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
+from reprokit.registry import import_object
 from reprokit.rewards.choice import choice_reward, numeric_reward
 from reprokit.rewards.math import extract_boxed, is_equivalent, math_reward
 
@@ -45,20 +45,12 @@ def get_reward(spec: str | RewardFn) -> RewardFn:
     name = spec.strip()
     if name in REWARDS:
         return REWARDS[name]
-    module_name, sep, attr = name.partition(":")
-    if not sep:
+    if ":" not in name:
         raise ValueError(f"unknown {_how_to(spec)}")
-    if not module_name or not attr:
-        raise ValueError(f"malformed {_how_to(spec)}")
     try:
-        obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} ({exc}) for {_how_to(spec)}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"module {module_name!r} has no attribute {attr!r}; {_how_to(spec)}") from None
+        obj = import_object(name, what="reward")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {_how_to(spec)}") from None
     if not callable(obj):
-        raise ValueError(f"{module_name}:{attr} is not callable (a {type(obj).__name__}); {_how_to(spec)}")
+        raise ValueError(f"{name} is not callable (a {type(obj).__name__}); {_how_to(spec)}")
     return obj

@@ -1,0 +1,443 @@
+"""Every training path computes the gradient it claims, each checked against a reference computed another way:
+NF4 on CPU against plain float32 layers, micro-batch splits against a per-token Python loop, two DDP processes
+against one process on both rollouts, resumed runs against uninterrupted ones."""
+
+import copy
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from reprokit.algorithms import token_logprobs_and_entropy
+from reprokit.algorithms.schedules import LRSchedule
+from reprokit.grpo_module import GRPOConfig, GRPOModule, Rollout
+from reprokit.models import ModelConfig, load_policy, load_trainable_state_dict
+from reprokit.recipes.common import RunConfig
+from reprokit.sampling import MergedCopy, generate
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))
+import recorders  # noqa: E402
+
+
+def _lora_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
+    """|got - want| / |want| over all tensors together (one flattened gradient vector)."""
+    assert got.keys() == want.keys()
+    diff = torch.cat([(got[k].double() - want[k].double()).flatten() for k in want])
+    ref = torch.cat([want[k].double().flatten() for k in want])
+    assert ref.norm() > 0, "the reference gradient is zero: the check would prove nothing"
+    return float(diff.norm() / ref.norm())
+
+
+def _randomize_lora_b(model, seed: int = 0) -> None:
+    """peft starts B at 0, which makes every A gradient 0; a nonzero B makes the check see every layer."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+# ---------------------------------------------------------------------------------------------- 1. NF4 on CPU
+def _float32_reference(policy):
+    """The same network with every NF4 weight dequantized into a plain float32 layer and the same LoRA adapter."""
+    from peft import get_peft_model
+
+    adapter = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.zero_()  # so the merged copy holds the dequantized base alone
+    plain = MergedCopy(policy, dtype=torch.float32).model
+    load_trainable_state_dict(policy, adapter)
+    reference = get_peft_model(plain, copy.deepcopy(policy.peft_config["default"]))
+    load_trainable_state_dict(reference, adapter)
+    assert not any("Linear4bit" in type(m).__name__ for m in reference.modules())
+    return reference.train()
+
+
+def _chunked_logprob_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    """The GRPO update's scoring path: decoder hidden states, then the chunked log-prob / entropy pass."""
+    base = model.get_base_model()
+    hidden = base.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # [1, L, H]
+    logp, entropy = token_logprobs_and_entropy(
+        hidden[:, :-1], base.get_output_embeddings(), ids[:, 1:], temperature=0.7, chunk_size=5
+    )  # [1, L-1], [1, L-1]
+    return -logp.sum() - 0.1 * entropy.sum()
+
+
+def _full_logits_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids).logits.float()  # [1, L, V]
+    return -logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).sum()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("loss_fn", [_chunked_logprob_loss, _full_logits_loss], ids=["chunked", "logits"])
+def test_nf4_lora_gradient_after_a_rollout_equals_fresh_and_float32_reference(arch, loss_fn):
+    policy, tokenizer = load_policy(
+        ModelConfig(name_or_path=f"tiny:{arch}", quantization="nf4", lora_r=8, gradient_checkpointing=False)
+    )
+    _randomize_lora_b(policy)
+    reference = _float32_reference(policy)
+    ids = tokenizer(["12+34= 46, so 7*8 is"], return_tensors="pt").input_ids  # [1, L]
+
+    def grads(model):
+        model.zero_grad(set_to_none=True)
+        loss_fn(model, ids).backward()
+        return _lora_grads(model)
+
+    fresh = grads(policy)
+    prompt = tokenizer(["1+1="], return_tensors="pt")
+    generate(policy, tokenizer, prompt.input_ids, prompt.attention_mask, n=2, max_new_tokens=4, temperature=1.0)
+    after = grads(policy)
+    want = grads(reference)
+    assert _relative_error(fresh, want) < 1e-4, "NF4 gradient differs from the float32 reference"
+    assert _relative_error(after, want) < 1e-4, "the gradient changed after a rollout (eval-mode forward)"
+    for name in want:  # layer by layer too: the bug left the last layer exact and every other one wrong
+        assert torch.allclose(after[name], want[name], rtol=1e-3, atol=1e-6), name
+
+
+# ---------------------------------------------------------------------------------------------- 3. micro-batches
+def _hand_rollout(tokenizer, model) -> Rollout:
+    """8 responses to 3 left-padded prompts: 3 truncated (no EOS, masked with mask_truncated), lengths 1 to 7."""
+    g = torch.Generator().manual_seed(1)
+    prompts = ["1+2=", "12*3-4=", "7="]
+    rows_prompt = [0, 0, 0, 1, 1, 1, 2, 2]
+    lengths = [7, 3, 7, 1, 5, 7, 2, 4]  # 7 = max_new_tokens: truncated
+    width_l = max(len(tokenizer(p).input_ids) for p in prompts)
+    T = 7
+    vocab = len(tokenizer)
+    n = len(rows_prompt)
+    sequences = torch.full((n, width_l + T), tokenizer.pad_token_id)
+    attention = torch.zeros(n, width_l + T, dtype=torch.long)
+    completion = torch.full((n, T), tokenizer.pad_token_id)
+    for row, (p, length) in enumerate(zip(rows_prompt, lengths)):
+        ids = tokenizer(prompts[p]).input_ids
+        sequences[row, width_l - len(ids) : width_l] = torch.tensor(ids)
+        attention[row, width_l - len(ids) : width_l] = 1
+        tokens = torch.randint(5, vocab, (length,), generator=g)
+        if length < T:
+            tokens[-1] = tokenizer.eos_token_id
+        completion[row, :length] = tokens
+        sequences[row, width_l : width_l + length] = tokens
+        attention[row, width_l : width_l + length] = 1
+    mask = attention[:, width_l:].clone()
+    mask[torch.tensor(lengths) == T] = 0  # mask_truncated
+    advantages = torch.randn(n, generator=g)
+    return Rollout(
+        sequences=sequences, attention_mask=attention, prompt_len=width_l, completion_ids=completion, mask=mask,
+        advantages=advantages,
+    )
+
+
+def _token_loop_gradient(model, ro: Rollout, cfg: GRPOConfig) -> dict[str, torch.Tensor]:
+    """The whole batch's objective built one token at a time from full logits, then one backward."""
+    model.zero_grad(set_to_none=True)
+    position_ids = (ro.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ro.sequences, attention_mask=ro.attention_mask, position_ids=position_ids).logits
+    logits = logits[:, ro.prompt_len - 1 : -1].float() / cfg.temperature  # [N, T, V]
+    with torch.no_grad(), model.disable_adapter():
+        ref_logits = model(input_ids=ro.sequences, attention_mask=ro.attention_mask, position_ids=position_ids).logits
+        ref_logits = ref_logits[:, ro.prompt_len - 1 : -1].float() / cfg.temperature
+    n, t_len = ro.mask.shape
+    tok = {}  # (b, t) -> (logp, entropy, ref_logp)
+    for b in range(n):
+        for t in range(t_len):
+            if ro.mask[b, t]:
+                logprobs = logits[b, t].log_softmax(-1)
+                entropy = -(logprobs.exp() * logprobs).sum()
+                tok[b, t] = (logprobs[ro.completion_ids[b, t]], entropy, ref_logits[b, t].log_softmax(-1)[ro.completion_ids[b, t]])
+    # Forking tokens: the ceil(rho * N) highest entropies of the batch, earlier tokens first among ties.
+    ranked = sorted(tok, key=lambda bt: -float(tok[bt][1]))
+    focal = set(ranked[: math.ceil(cfg.top_entropy_quantile * len(tok))])
+
+    def pg_token(b, t):
+        logp = tok[b, t][0]
+        ratio = torch.exp(logp - logp.detach())
+        a = float(ro.advantages[b])
+        clipped = ratio.clamp(1 - cfg.epsilon_low, 1 + cfg.epsilon_high)
+        return -torch.minimum(ratio * a, clipped * a)
+
+    def kl_token(b, t):
+        d = tok[b, t][2] - tok[b, t][0]
+        return torch.exp(d) - d - 1
+
+    def aggregate(value, tokens):
+        if cfg.loss_agg == "token-mean":
+            return sum(value(b, t) for b, t in tokens) / max(1, len(tokens))
+        per_row = []
+        for b in range(n):
+            row = [value(bb, t) for bb, t in tokens if bb == b]
+            if cfg.loss_agg == "seq-mean-token-mean":
+                if row:
+                    per_row.append(sum(row) / len(row))
+            else:
+                per_row.append(sum(row) / cfg.max_new_tokens if row else torch.zeros(()))
+        return sum(per_row) / max(1, len(per_row))
+
+    pg_tokens = sorted(focal)
+    valid_tokens = sorted(tok)
+    loss = aggregate(pg_token, pg_tokens)
+    loss = loss - cfg.entropy_coef * aggregate(lambda b, t: tok[b, t][1], valid_tokens)
+    loss = loss + cfg.kl_coef * aggregate(kl_token, valid_tokens)
+    loss.backward()
+    return _lora_grads(model), focal
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_gradient_is_the_same_for_every_micro_batch_size_and_equals_a_token_loop(loss_agg):
+    model, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", lora_r=4, gradient_checkpointing=False))
+    _randomize_lora_b(model)
+    cfg = GRPOConfig(
+        group_size=2, temperature=0.8, max_new_tokens=7, loss_agg=loss_agg, top_entropy_quantile=0.3,
+        mask_truncated=True, kl_coef=0.05, entropy_coef=0.01, epsilon_high=0.28,
+    )
+    ro = _hand_rollout(tokenizer, model)
+    module = GRPOModule(model, tokenizer, cfg, reward_fn=recorders.share_of_a)
+    want, focal = _token_loop_gradient(model, ro, cfg)
+    focal_rows = {b for b, _ in focal}
+    empty = [b for b in range(ro.num_rows) if ro.mask[b].any() and b not in focal_rows]
+    assert empty, "the batch should hold a response with valid tokens but none above the focal threshold"
+    assert (ro.mask.sum(-1) == 0).sum() == 3, "the batch should hold masked (truncated) responses"
+    for micro_batch_size in (1, 3, ro.num_rows):
+        cfg.micro_batch_size = micro_batch_size
+        scored = module.score(copy.copy(ro))
+        model.zero_grad(set_to_none=True)
+        module.accumulate_gradients(scored)
+        got = _lora_grads(model)
+        assert _relative_error(got, want) < 1e-5, f"micro_batch_size={micro_batch_size}"
+        kept = {(int(b), int(t)) for b, t in scored.pg_mask.nonzero()}
+        assert kept == focal
+
+
+# ---------------------------------------------------------------------------------------------- 2. DDP
+def _run(module: str, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(
+        [sys.executable, "-m", f"reprokit.recipes.{module}", *args], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, f"{module} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+TINY_ONE_SHOT = [
+    "--preset", "cpu", "--model.name_or_path", "tiny", "--data.examples", "pi1", "--data.template", "none",
+    "--data.cot_suffix", "false", "--data.max_prompt_length", "1024", "--eval.benchmarks", "[]",
+    "--grpo.max_new_tokens", "16", "--data.prompts_per_step", "4", "--grpo.group_size", "4",
+    "--grpo.micro_batch_size", "3", "--run.val_every", "0", "--run.progress_bar", "false",
+    "--run.callbacks", "[recorders:StepRecorder]", "--grpo.max_grad_norm", "null",
+]
+
+
+def _records(run_dir: Path, rank: int) -> dict[int, dict]:
+    out = {}
+    for path in (run_dir / "record").glob(f"rank{rank}-batch*.pt"):
+        out[int(path.stem.split("batch")[1])] = torch.load(path, weights_only=False)
+    return dict(sorted(out.items()))
+
+
+def _single_process_gradient(run_dir: Path, records: list[dict], reward) -> dict[str, torch.Tensor]:
+    """One process, the run's config, the adapter the step started from, every rank's rollout concatenated."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    model, tokenizer = load_policy(ModelConfig(**cfg["model"]))
+    load_trainable_state_dict(model, records[0]["adapter"])
+    module = GRPOModule(model, tokenizer, GRPOConfig(**cfg["grpo"]), reward_fn=reward)
+    parts = []
+    for record in records:
+        fields = dict(record["rollout"], pg_mask=None, entropy=None)
+        ro = Rollout(**fields)
+        if ro.num_real_rows:  # a placeholder row (a process with nothing kept) is no response
+            parts.append(ro.select(torch.arange(ro.num_real_rows)))
+    ro = module.score(Rollout.concat(parts, pad_id=tokenizer.pad_token_id))
+    model.zero_grad(set_to_none=True)
+    module.accumulate_gradients(ro)
+    return _lora_grads(model)
+
+
+def test_two_process_one_shot_ranks_sample_differently_and_match_one_process(tmp_path):
+    run_dir = tmp_path / "ddp"
+    _run("one_shot", TINY_ONE_SHOT + [
+        "--grpo.reward", "recorders:share_of_a", "--run.strategy", "ddp", "--run.devices", "2", "--max_steps", "2",
+        "--run_dir", str(run_dir),
+    ])
+    ranks = [_records(run_dir, 0), _records(run_dir, 1)]
+    assert sorted(ranks[0]) == sorted(ranks[1]) == [0, 1]
+    for batch in (0, 1):
+        r0, r1 = ranks[0][batch], ranks[1][batch]
+        assert r0["example_ids"] == r1["example_ids"] == ["pi1", "pi1"], "each process takes 2 of the 4 copies of pi1"
+        a, b = r0["rollout"]["completion_ids"], r1["rollout"]["completion_ids"]
+        assert a.shape != b.shape or not torch.equal(a, b), "both processes sampled the same responses"
+        for name in r0["grads"]:
+            assert torch.equal(r0["grads"][name], r1["grads"][name]), "processes disagree on the averaged gradient"
+        want = _single_process_gradient(run_dir, [r0, r1], recorders.share_of_a)
+        assert _relative_error(r0["grads"], want) < 1e-5, f"batch {batch}: the 2-process gradient is not the 1-process one"
+
+
+def test_two_process_focal_run_with_an_uninformative_rank_finishes_and_matches_one_process(tmp_path, data_dir):
+    run_dir = tmp_path / "focal"
+    _run("focal_tokens", [
+        "--preset", "cpu", "--data.data_dir", str(data_dir), "--grpo.reward", "recorders:share_of_a_except_on_rank_one",
+        "--grpo.dynamic_sampling", "true", "--grpo.micro_batch_size", "3", "--run.strategy", "ddp",
+        "--run.devices", "2", "--max_steps", "2", "--run.callbacks", "[recorders:StepRecorder]",
+        "--grpo.max_grad_norm", "null", "--run_dir", str(run_dir), "--run.progress_bar", "false",
+    ], timeout=180)
+    ranks = [_records(run_dir, 0), _records(run_dir, 1)]
+    trained = [b for b, r in ranks[0].items() if r["grads"] is not None]
+    assert len(trained) == 2
+    for batch in trained:
+        r0, r1 = ranks[0][batch], ranks[1][batch]
+        assert r1["rollout"]["real_rows"] == 0, "process 1 had no informative group: it runs a placeholder"
+        assert r0["metrics"]["focal/kept_frac"] == pytest.approx(0.2, abs=0.02)
+        want = _single_process_gradient(run_dir, [r0, r1], recorders.share_of_a_except_on_rank_one)
+        assert _relative_error(r0["grads"], want) < 1e-5
+
+
+def _processes_of(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_stuck_two_process_run_stops_when_told_and_leaves_no_process(tmp_path, data_dir, how):
+    """Process 1 hangs in its reward, so process 0 waits in a collective where Python cannot act on a signal."""
+    run_dir = tmp_path / f"stuck-{how}"
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    args = [
+        sys.executable, "-m", "reprokit.recipes.focal_tokens", "--preset", "cpu", "--data.data_dir", str(data_dir),
+        "--grpo.reward", "recorders:share_of_a_then_hang_on_rank_one", "--run.strategy", "ddp", "--run.devices", "2",
+        "--max_steps", "100", "--run.callbacks", "[recorders:StepRecorder]", "--run_dir", str(run_dir),
+        "--run.progress_bar", "false", "--run.stop_timeout_s", "5",
+    ]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list((run_dir / "record").glob("rank0-batch0.pt")) and time.time() < deadline:
+            time.sleep(0.5)
+        assert list((run_dir / "record").glob("rank0-batch0.pt")), "the run never finished its first step"
+        time.sleep(3)  # process 0 is now waiting for process 1 in the second step
+        assert len(_processes_of(str(run_dir))) == 2
+        start = time.time()
+        proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        proc.wait(timeout=60)
+        while _processes_of(str(run_dir)) and time.time() - start < 30:
+            time.sleep(0.5)
+        assert not _processes_of(str(run_dir)), "a process of the run is left behind"
+        assert time.time() - start < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for line in _processes_of(str(run_dir)):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+def test_recipes_refuse_spawned_strategies_naming_ddp():
+    for strategy in ("ddp_spawn", "ddp_fork"):
+        with pytest.raises(ValueError, match="--run.strategy ddp"):
+            RunConfig(strategy=strategy)
+
+
+# ---------------------------------------------------------------------------------------------- 4. resume
+def _resume_from(run_dir: Path, step: int, into: Path, module: str, extra: list[str]) -> Path:
+    into.mkdir(parents=True)
+    shutil.copy(run_dir / "config.yaml", into / "config.yaml")
+    (into / "checkpoints").mkdir()
+    shutil.copy(run_dir / "checkpoints" / f"step-{step}.ckpt", into / "checkpoints" / "last.ckpt")
+    config = (into / "config.yaml").read_text().replace(str(run_dir), str(into))
+    (into / "config.yaml").write_text(config)
+    _run(module, ["--run_dir", str(into), "--resume", *extra])
+    return into
+
+
+@pytest.mark.parametrize("recipe", ["one_shot", "focal_tokens"])
+def test_a_run_resumed_at_any_checkpoint_trains_on_what_an_uninterrupted_run_does(tmp_path, data_dir, recipe):
+    steps = 4
+    if recipe == "one_shot":
+        args = TINY_ONE_SHOT + ["--grpo.reward", "recorders:share_of_a"]
+    else:  # a full training set: the prompts of every step come from the shuffled epoch order
+        args = [
+            "--preset", "cpu", "--data.data_dir", str(data_dir), "--grpo.reward", "recorders:share_of_a",
+            "--run.callbacks", "[recorders:StepRecorder]", "--run.progress_bar", "false",
+            "--data.path", str(TESTS / "fixtures" / "resume_train.jsonl"), "--data.question_field", "question",
+            "--data.answer_field", "answer", "--data.drop_long_prompts", "false",
+        ]
+    whole = tmp_path / "whole"
+    _run(recipe, args + ["--max_steps", str(steps), "--run.checkpoint_every", "1", "--run_dir", str(whole)])
+    want = _records(whole, 0)
+    assert len(want) == steps
+    final = torch.load(whole / "checkpoints" / f"step-{steps}.ckpt", weights_only=False)["state_dict"]
+    for k in range(1, steps):
+        resumed = _resume_from(whole, k, tmp_path / f"from-{k}", recipe, ["--max_steps", str(steps)])
+        got = _records(resumed, 0)
+        assert sorted(got) == list(range(k, steps)), f"resumed at {k}: trained batches {sorted(got)}"
+        for batch, record in got.items():
+            assert record["example_ids"] == want[batch]["example_ids"], f"resumed at {k}: other prompts at batch {batch}"
+            assert torch.equal(record["rollout"]["completion_ids"], want[batch]["rollout"]["completion_ids"]), (
+                f"resumed at {k}: other responses at batch {batch}"
+            )
+        end = torch.load(resumed / "checkpoints" / f"step-{steps}.ckpt", weights_only=False)["state_dict"]
+        for name in final:
+            assert torch.allclose(end[name], final[name], rtol=0, atol=1e-7), f"resumed at {k}: adapter {name} differs"
+
+
+def test_lr_schedule_extended_on_resume_continues_without_a_jump(tmp_path):
+    run_dir = tmp_path / "lr"
+    lr = 1e-3
+    args = TINY_ONE_SHOT + ["--grpo.reward", "recorders:share_of_a", "--grpo.lr", str(lr), "--grpo.lr_schedule", "linear"]
+    _run("one_shot", args + ["--max_steps", "3", "--run_dir", str(run_dir)])
+    _run("one_shot", ["--run_dir", str(run_dir), "--resume", "--max_steps", "6"])
+    used = [r["metrics"]["lr"] for r in _records(run_dir, 0).values()]
+    # 3 steps of a linear decay to 0 at step 3, then the rest of the decay (from 1/3) spread over steps 3..6.
+    want = [lr * f for f in (1, 2 / 3, 1 / 3, 1 / 4, 1 / 6, 1 / 12)]
+    assert used == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lr_schedule_extension_is_continuous_and_ends_at_the_new_length(schedule):
+    for warmup, stop in ((0, 40), (5, 3), (5, 60)):
+        ref = LRSchedule(schedule, warmup=warmup, total=100)
+        extended = copy.deepcopy(ref)
+        extended.extend(total=200, step=stop)
+        for step in range(stop):  # nothing before the resume changes
+            assert extended(step) == pytest.approx(ref(step))
+        factors = [extended(s) for s in range(stop - 1, 201)]
+        assert all(b <= a + 1e-12 for a, b in zip(factors[max(0, warmup - stop + 1):], factors[max(0, warmup - stop + 2):]))
+        assert factors[-1] == pytest.approx(0.0, abs=1e-12) and extended(199) > 0
+        jumps = [abs(b - a) for a, b in zip(factors, factors[1:])]
+        assert max(jumps[max(0, warmup - stop + 1):]) < 0.02, "the extended schedule jumps"
+
+
+# ---------------------------------------------------------------------------------------------- 5. dynamic sampling
+def test_dynamic_sampling_refills_to_prompts_per_step_and_logs_rounds(tmp_path, data_dir):
+    common = [
+        "--preset", "cpu", "--data.data_dir", str(data_dir), "--grpo.reward", "recorders:share_of_a",
+        "--grpo.dynamic_sampling", "true", "--data.prompts_per_step", "4", "--grpo.max_new_tokens", "12",
+        "--max_steps", "3", "--run.callbacks", "[recorders:StepRecorder]", "--run.progress_bar", "false",
+    ]
+    _run("focal_tokens", common + ["--grpo.max_refill_rounds", "6", "--run_dir", str(tmp_path / "refill")])
+    _run("focal_tokens", common + ["--grpo.max_refill_rounds", "0", "--run_dir", str(tmp_path / "drop")])
+    refill = [r for r in _records(tmp_path / "refill", 0).values() if r["rollout"] is not None]
+    drop = [r for r in _records(tmp_path / "drop", 0).values() if r["rollout"] is not None]
+    group = 4
+    for r in refill:
+        rounds = r["metrics"]["rollout/rounds"]
+        groups = r["rollout"]["sequences"].shape[0] // group
+        assert groups == 4 or rounds == 7, f"{groups} informative groups after {rounds} rounds"
+        rewards = r["rollout"]["rewards"].view(-1, group)
+        assert (rewards.max(-1).values > rewards.min(-1).values).all(), "an uninformative group was kept"
+    assert any(r["metrics"]["rollout/rounds"] > 1 for r in refill), "no step needed a refill: the test shows nothing"
+    assert all(r["metrics"]["rollout/rounds"] == 1 for r in drop)
+    assert any(r["rollout"]["sequences"].shape[0] // group < 4 for r in drop)
