@@ -425,9 +425,9 @@ def run_reprokit(case: dict) -> dict:
     module.optimizers = lambda: opt
     module.lr_schedulers = lambda: sched
     module._log_step = lambda metrics, start: None
-    module._score_rollout = timer.wrap("score", module._score_rollout)
+    module.score = timer.wrap("score", module.score)
     module._logprobs = timer.wrap("logprob_fwd", module._logprobs, when=torch.is_grad_enabled)
-    module.manual_backward = timer.wrap("backward", lambda loss: loss.backward())
+    module._backward = timer.wrap("backward", lambda loss: loss.backward())
     return timed_steps(case, timer, lambda: module.training_step(batch, 0), merged.model if merged else model)
 
 

@@ -26,7 +26,9 @@ class RunConfig:
     run_dir: str = "runs/one_shot"
     """Run directory: config.yaml, TensorBoard logs (tb/), checkpoints/."""
     max_steps: int = 2000
-    """Optimizer updates to run (one per rollout batch when num_iterations is 1)."""
+    """Optimizer updates to run (one per rollout batch when num_iterations is 1). With --resume a larger value
+    extends the run: a cosine or linear LR schedule keeps the LR of the last update done and decays from it to 0
+    at the new max_steps (no jump)."""
     seed: int = 0
     """Seed of sampling, data order and adapter initialisation."""
     checkpoint_every: int = 20

@@ -7,14 +7,15 @@ across micro-batches and processes, never per sequence; padding never counts. KL
 in DAPO) are not masked.
 
 Recipe (DAPO, as the paper's base algorithm): clip-low 0.2 / clip-high 0.28, token-mean loss, no KL, no
-entropy bonus, dynamic sampling (groups whose rewards are all equal are dropped), truncated responses
-masked out (the overlong filter), rollout temperature 1.0. Data: DSR-sub (1209 problems) by default, or any
+entropy bonus, dynamic sampling (groups whose rewards are all equal are dropped and further prompts sampled
+until the step holds prompts_per_step informative groups, up to grpo.max_refill_rounds extra rounds),
+truncated responses masked out (the overlong filter), rollout temperature 1.0. Exactly ceil(rho * N) of the
+batch's N valid tokens are kept (ties at the threshold go to the earlier tokens). Data: DSR-sub (1209 problems) by default, or any
 file / Hugging Face dataset with question and answer fields.
 
 Where it departs from the paper (one GPU): Qwen2.5-Math-1.5B with LoRA on a 4-bit base instead of full
-fine-tuning of Qwen3-8B/14B/32B; smaller batches; dynamic sampling drops uninformative groups but does not
-re-sample to refill the batch (the kept fraction is logged as groups/informative_frac); the soft overlong
-penalty is replaced by masking truncated responses.
+fine-tuning of Qwen3-8B/14B/32B; smaller batches; refill draws random prompts of the training set (DAPO
+takes the next batches of its stream); the soft overlong penalty is replaced by masking truncated responses.
 """
 
 from __future__ import annotations
