@@ -1,11 +1,15 @@
-"""Figures of the analysis recipes, written as PNG with matplotlib's Agg canvas (no display, no pyplot state).
+"""Every figure of the kit, written as PNG with matplotlib's Agg canvas (no display, no pyplot state).
 
-Every helper takes ``{panel: ...}`` (one panel per benchmark, side by side) and a path, and returns the path:
+The panel helpers take ``{panel: ...}`` (one panel per benchmark or split, side by side) and a path, and return
+the path:
 
     pass_at_k_curves({"math500": {"base": {1: 0.3, 2: 0.4, ...}, "rl": {...}}}, "pass_at_k.png")
     accuracy_histograms({"math500": {"base": {"0": 12, "(0,0.1]": 3, ...}}}, "accuracy_histogram.png")
     box_plots({"math500": {"base": [1.3, 1.2, ...], "rl": [...]}}, "perplexity.png", ylabel="PPL")
     bar_chart({"math500": {"rl": {"base_only": 3, "both": 40, "other_only": 0}}}, "overlap.png")
+
+and the one-figure helpers of single recipes: entropy_histograms, top_tokens, overlap_by_step (entropy
+analysis), ranking (example selection), loss_curve (distillation).
 """
 
 from __future__ import annotations
@@ -14,7 +18,17 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["accuracy_histograms", "bar_chart", "box_plots", "pass_at_k_curves"]
+__all__ = [
+    "accuracy_histograms",
+    "bar_chart",
+    "box_plots",
+    "entropy_histograms",
+    "loss_curve",
+    "overlap_by_step",
+    "pass_at_k_curves",
+    "ranking",
+    "top_tokens",
+]
 
 _PANEL_WIDTH = 4.2
 _PANEL_HEIGHT = 3.4
@@ -185,4 +199,92 @@ def bar_chart(
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _single(width: float, height: float):
+    """A figure with one axes."""
+    fig, axes = _figure(1, width=width, height=height)
+    return fig, axes[0]
+
+
+def entropy_histograms(values, stats: Mapping, path: str | Path) -> Path:
+    """Two views of one token-entropy distribution: a linear entropy axis (as the paper plots it) and log10
+    entropy, where the near-deterministic majority below 0.01 nats is resolved too.
+
+    Args:
+        values: 1-D array of entropies (nats).
+        stats: ``num_tokens``, ``mean``, ``frac_low`` (share below 0.01) and ``p80`` of those values.
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    fig, (linear, logarithmic) = _figure(2, width=5.0, height=3.6)
+    top = max(float(values.max()) if values.size else 1.0, 1e-3)
+    linear.hist(values, bins=np.linspace(0, top, 61), color="tab:blue", alpha=0.85)
+    linear.set_yscale("log")
+    linear.set_xlabel("token entropy (nats)")
+    linear.set_ylabel("tokens (log scale)")
+    floor = 1e-8  # exact zeros (one-hot distributions) land in the first bin of the log view
+    logarithmic.hist(np.log10(np.clip(values, floor, None)), bins=60, color="tab:blue", alpha=0.85)
+    logarithmic.axvline(np.log10(0.01), color="gray", ls=":", lw=1, label="0.01 nats")
+    logarithmic.set_xlabel("log10 token entropy (nats)")
+    logarithmic.set_ylabel("tokens")
+    for ax in (linear, logarithmic):
+        p80 = stats["p80"] if ax is linear else np.log10(max(stats["p80"], floor))
+        ax.axvline(p80, color="tab:red", ls="--", lw=1, label=f"80th percentile {stats['p80']:.3g}")
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{stats['num_tokens']} response tokens: mean {stats['mean']:.3f} nats, "
+        f"{stats['frac_low']:.0%} below 0.01, 80th percentile {stats['p80']:.3g}",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
+def top_tokens(table: Sequence[Mapping], rho: float, path: str | Path) -> Path:
+    """Horizontal bars of the most frequent tokens at high-entropy positions (rows with ``token``, ``count``)."""
+    fig, ax = _single(6, max(2.5, 0.22 * len(table) + 1))
+    labels = [row["token"] for row in table][::-1]
+    ax.barh(range(len(table)), [row["count"] for row in table][::-1], color="tab:orange")
+    ax.set_yticks(range(len(table)), labels, fontsize=8)
+    ax.set_xlabel(f"count among the top-{rho:.0%} entropy positions")
+    ax.set_title(f"Most frequent high-entropy tokens (top {len(table)})", fontsize=9)
+    return _save(fig, path)
+
+
+def overlap_by_step(rows: Sequence[Mapping], rho: float, path: str | Path) -> Path:
+    """Overlap (rows with ``step``, ``overlap`` in [0, 1]) of top-rho entropy positions with the base, per step."""
+    fig, ax = _single(5.5, 3.5)
+    ax.plot([r["step"] for r in rows], [100 * r["overlap"] for r in rows], marker="o", color="tab:green")
+    ax.axhline(86, color="gray", ls=":", lw=1, label="paper: > 86% after RL")
+    ax.set_ylim(0, 102)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"top-{rho:.0%} positions shared with base (%)")
+    ax.set_title("Overlap of high-entropy positions with the base model", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def ranking(rows: Sequence, path: str | Path) -> Path:
+    """Bars of the top-ranked examples' scores (rows with ``rank``, ``index``, ``score``)."""
+    fig, ax = _single(max(6.0, 0.4 * len(rows)), 3.5)
+    ax.bar(range(len(rows)), [row.score for row in rows], color="tab:blue")
+    ax.set_xticks(range(len(rows)), [f"π{row.rank}\n{row.index}" for row in rows], fontsize=7)
+    ax.set_xlabel("rank (π_j) and example index")
+    ax.set_ylabel("variance of training accuracy")
+    ax.set_title(f"Top {len(rows)} examples by historical variance score")
+    return _save(fig, path)
+
+
+def loss_curve(losses: Mapping[int, float], path: str | Path, *, title: str = "Distillation: SFT on teacher traces") -> Path:
+    """Loss against optimizer step (``{step: loss}``)."""
+    steps = sorted(losses)
+    fig, ax = _single(5.5, 3.5)
+    ax.plot(steps, [losses[s] for s in steps], color="tab:blue", lw=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("next-token loss on responses (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
     return _save(fig, path)

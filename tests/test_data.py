@@ -25,6 +25,7 @@ from reprokit.data import (
     PromptBatch,
     PromptItem,
     SeededEpochSampler,
+    Validation,
     collate_prompts,
     get_embedded_examples,
     get_pad_token_id,
@@ -551,7 +552,7 @@ def test_lightning_fit_sets_epochs(tokenizer, tmp_path, data_dir):
 
     dm = MathDataModule(
         tokenizer, write_rows(tmp_path / "t.jsonl", 8), batch_size=4, template="none", seed=7,
-        val_benchmarks=["aime24"], data_dir=data_dir, val_limit=3, max_prompt_length=4096,
+        validation=Validation(benchmarks=["aime24"], data_dir=data_dir, limit=3), max_prompt_length=4096,
     )
     model = Recorder()
     model.validated = []

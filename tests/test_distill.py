@@ -9,7 +9,7 @@ import torch
 
 from reprokit.data import Example, tokenize_examples
 from reprokit.evaluation import load_model_spec
-from reprokit.models import ModelConfig, load_policy, trainable_state_dict
+from reprokit.policy import ModelConfig, load_policy, trainable_state_dict
 from reprokit.recipes import distill
 
 TEMPLATE = "Problem: {question}\nSolution:"
@@ -115,13 +115,10 @@ def test_errors_name_the_option(tmp_path):
 
 
 def test_every_preset_parses():
-    from reprokit.models import ModelConfig
-    from reprokit.recipes.common import PRESETS_DIR, build_parser, parse
+    from reprokit.cli import PRESETS_DIR, parse
 
     presets = sorted((PRESETS_DIR / "distill").glob("*.yaml"))
     assert {p.stem for p in presets} >= {"cpu", "qwen2.5-math-1.5b", "consumer-12gb"}
-    parser = build_parser("distill", "", {"model": ModelConfig, "train": distill.DistillTrain, "data": distill.DistillData})
     for preset in presets:
-        cfg, _ = parse("distill", parser, ["--preset", preset.stem])
-        init = parser.instantiate(cfg)
+        init = parse(distill.RECIPE, ["--preset", preset.stem]).init
         assert init.train.finetune in ("lora", "full") and init.run.max_steps > 0, preset

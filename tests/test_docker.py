@@ -1,11 +1,10 @@
 """The Dockerfile's pins must agree with pyproject.toml, or the image runs code nobody tested."""
 
 import re
+
 import tomllib
-
-from packaging.requirements import Requirement
-
 from conftest import REPO
+from packaging.requirements import Requirement
 
 
 def _dockerfile_pins() -> dict[str, str]:

@@ -11,8 +11,9 @@ import torch
 import yaml
 
 from reprokit.evaluation import Sample, SampleWriter
-from reprokit.models import ModelConfig, build_tiny_model, build_tiny_tokenizer, load_policy, trainable_state_dict
+from reprokit.policy import ModelConfig, load_policy, trainable_state_dict
 from reprokit.recipes import entropy_analysis
+from reprokit.tiny import build_tiny_model, build_tiny_tokenizer
 
 QS = (0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99)
 WORLD_PROMPT = ["--problems", "world:test", "--template", "{question}\n", "--cot_suffix", "false"]
@@ -178,7 +179,7 @@ def test_bad_options_are_named(tmp_path):
 
 
 def test_every_preset_parses():
-    from reprokit.recipes.common import PRESETS_DIR
+    from reprokit.cli import PRESETS_DIR
 
     presets = sorted((PRESETS_DIR / "entropy_analysis").glob("*.yaml"))
     assert {p.stem for p in presets} >= {"cpu", "qwen2.5-math-1.5b"}

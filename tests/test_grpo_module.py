@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from reprokit.data import OneShotDataModule
-from reprokit.grpo_module import GRPOConfig, GRPOModule
-from reprokit.models import ModelConfig, load_policy, trainable_state_dict
+from reprokit.policy import ModelConfig, load_policy, trainable_state_dict
 from reprokit.recipes import focal_tokens, one_shot
+from reprokit.training.grpo import GRPOConfig, GRPOModule
 
 
 def _quantized_base(model) -> dict[str, torch.Tensor]:
@@ -89,7 +89,7 @@ def _confident_tiny_policy():
     """
     from peft import LoraConfig, get_peft_model
 
-    from reprokit.models import build_tiny_model, build_tiny_tokenizer
+    from reprokit.tiny import build_tiny_model, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, seed=0)

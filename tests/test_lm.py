@@ -1,4 +1,4 @@
-"""Causal-LM training: masked loss, the SFT data module, LoRA, LR schedules and sampling."""
+"""Causal-LM training: masked loss, the SFT data module, LoRA, LR schedules, and sampling a model it trained."""
 
 import json
 import math
@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from reprokit.lm import CausalLMModule, SFTDataModule, masked_lm_loss, read_pairs, sample_completions
+from reprokit.sampling import generate, seeded_generator
+from reprokit.training.sft import CausalLMModule, SFTDataModule, masked_lm_loss, read_pairs
 from reprokit.worlds import WorldConfig, build_tokenizer
 
 PAIRS = [("1+2\n", "1+2=3\n\\boxed{13}"), ("4*3+1\n", "4*3=2\n2+1=3\n\\boxed{423}"), ("9\n", "\\boxed{9}")]
@@ -138,13 +139,23 @@ def test_lr_schedule(tok, schedule):
         CausalLMModule(tiny_model(tok), lr_schedule="linear")
 
 
+def sample_completions(model, tok, prompts, n=1, temperature=1.0, max_new_tokens=12, seed=0):
+    """The kit's one sampler, as the world's pretraining evaluates its base: texts per prompt."""
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    comps = generate(
+        model, tok, enc["input_ids"], enc["attention_mask"], n=n, max_new_tokens=max_new_tokens,
+        temperature=temperature, generator=seeded_generator("cpu", seed),
+    )
+    return [comps.texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
 def test_sample_completions(tok):
     model = tiny_model(tok)
     prompts = ["1+2\n", "4*3+1*7+2\n"]
-    out = sample_completions(model, tok, prompts, n=3, max_new_tokens=12, batch_size=4, seed=0)
+    out = sample_completions(model, tok, prompts, n=3, max_new_tokens=12, seed=0)
     assert [len(o) for o in out] == [3, 3]
     assert all(tok.eos_token not in c and len(c) <= 12 for o in out for c in o)
-    assert out == sample_completions(model, tok, prompts, n=3, max_new_tokens=12, batch_size=4, seed=0)
+    assert out == sample_completions(model, tok, prompts, n=3, max_new_tokens=12, seed=0)
     # left padding: greedy output of a prompt does not depend on the longer prompt beside it
     alone = sample_completions(model, tok, prompts[:1], n=1, temperature=0, max_new_tokens=12)
     together = sample_completions(model, tok, prompts, n=1, temperature=0, max_new_tokens=12)

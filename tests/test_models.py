@@ -7,22 +7,19 @@ import sys
 import pytest
 import torch
 
-from reprokit.models import (
+from reprokit.policy import (
     ModelConfig,
     ModelConfigError,
     ModelLoadError,
-    build_tiny_model,
-    build_tiny_tokenizer,
     count_parameters,
     eos_token_ids,
     load_policy,
     load_trainable_state_dict,
-    real_architecture_config,
     reference_model,
     resolve_compute_dtype,
-    save_tiny,
     trainable_state_dict,
 )
+from reprokit.tiny import build_tiny_model, build_tiny_tokenizer, real_architecture_config, save_tiny
 
 ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 TEXT = "Solve 12+3=?\n  Answer: \\boxed{15}"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import reprokit.sampling as sampling
+from reprokit.cli import PRESETS_DIR, expand_short_flags, parse
 from reprokit.data import Example
 from reprokit.evaluation import (
     ModelSpecError,
@@ -25,9 +26,8 @@ from reprokit.evaluation import (
     response_perplexity,
     sample_to_jsonl,
 )
-from reprokit.models import save_tiny
 from reprokit.recipes import pass_at_k as recipe
-from reprokit.recipes.common import PRESETS_DIR, build_parser, parse
+from reprokit.tiny import save_tiny
 
 MODULE = __name__
 BINS = ["0", *(f"({i / 10:g},{(i + 1) / 10:g}]" for i in range(9)), "(0.9,1)", "1"]
@@ -197,15 +197,13 @@ def test_presets_parse():
     presets = sorted(Path(PRESETS_DIR, "pass_at_k").glob("*.yaml"))
     assert {p.stem for p in presets} >= {"cpu", "qwen2.5-math-1.5b", "consumer-12gb"}
     for preset in presets:
-        parser = build_parser("pass_at_k", "test", recipe.SECTIONS, run_class=recipe.EvalRun)
-        cfg, _ = parse("pass_at_k", parser, ["--preset", preset.stem])
-        init = parser.instantiate(cfg)
+        init = parse(recipe.RECIPE, ["--preset", preset.stem]).init
         assert parse_models(init.eval.models)
         assert init.sampling.n >= 1
 
 
 def test_short_flags():
-    argv = recipe._expand_short_flags(
+    argv = expand_short_flags(recipe.RECIPE, 
         ["--models", "base=tiny", "rl=runs/x", "--n", "8", "--regrade", "--benchmarks", "math500", "--limit=3"]
     )
     assert argv == [

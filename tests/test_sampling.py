@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from reprokit.models import ModelConfig, build_tiny_model, build_tiny_tokenizer, load_policy
+from reprokit.policy import ModelConfig, load_policy
 from reprokit.sampling import MergedCopy, _decode, _PreallocatedLayer, _supports_decode_loop, generate
+from reprokit.tiny import build_tiny_model, build_tiny_tokenizer
 
 PROMPTS = ["1+1=", "The pressure on a sail", "x", "Find the wind velocity when", "12*7=", "abc"]
 EOS_BIAS = 4.5  # with it, some greedy responses of the model below end within 30 tokens and others do not

@@ -18,10 +18,10 @@ import yaml
 
 from reprokit.algorithms import token_logprobs_and_entropy
 from reprokit.algorithms.schedules import LRSchedule
-from reprokit.grpo_module import GRPOConfig, GRPOModule, Rollout
-from reprokit.models import ModelConfig, load_policy, load_trainable_state_dict
-from reprokit.recipes.common import RunConfig
+from reprokit.policy import ModelConfig, load_policy, load_trainable_state_dict
 from reprokit.sampling import MergedCopy, generate
+from reprokit.training.grpo import GRPOConfig, GRPOModule, Rollout
+from reprokit.training.trainer import RunConfig
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

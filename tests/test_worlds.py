@@ -9,9 +9,11 @@ import time
 import pytest
 import torch
 
+from reprokit.metrics.functional import pass_at_k
 from reprokit.worlds import (
     EOS_TOKEN,
     PROMPT_FORMAT,
+    BaseConfig,
     Problem,
     WorldConfig,
     alphabet,
@@ -32,7 +34,6 @@ from reprokit.worlds import (
     teacher_error_rates,
     write_solution,
 )
-from reprokit.worlds.pretrain import _local_pass_at_k
 
 SMALL = WorldConfig(num_train=50, num_test=30, num_hard=20, corpus_size=2000)
 
@@ -203,28 +204,29 @@ def test_config_errors_name_the_field():
         make_splits(WorldConfig(min_steps=1, max_steps=1, num_test=100))
 
 
-def test_local_pass_at_k_matches_brute_force():
+def test_the_worlds_pass_at_k_matches_brute_force():
     from itertools import combinations
 
     for n, c, k in [(5, 0, 1), (5, 2, 1), (5, 2, 3), (6, 3, 4), (6, 6, 2), (7, 1, 7)]:
         outcomes = [1] * c + [0] * (n - c)
         subsets = list(combinations(range(n), k))
         brute = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
-        assert _local_pass_at_k(n, c, k) == pytest.approx(brute)
+        assert pass_at_k(n, c, k) == pytest.approx(brute)
 
 
-TINY = WorldConfig(
-    num_train=8, num_test=6, num_hard=4, corpus_size=64, hidden_size=16, num_layers=1, num_heads=2,
-    intermediate_size=32, pretrain_steps=3, batch_size=8, warmup_steps=1, eval_samples=2,
+TINY = WorldConfig(num_train=8, num_test=6, num_hard=4, corpus_size=64)
+TINY_BASE = BaseConfig(
+    hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, pretrain_steps=3, batch_size=8, warmup_steps=1,
+    eval_samples=2,
 )  # fmt: skip
 
 
 def test_pretrain_base_caches(tmp_path):
-    path = pretrain_base(TINY, tmp_path, progress=False, threads=1)
-    assert path == tmp_path / config_hash(TINY)
+    path = pretrain_base(TINY, tmp_path, progress=False, threads=1, base=TINY_BASE)
+    assert path == tmp_path / config_hash(TINY, TINY_BASE)
     for name in ("config.json", "tokenizer.json", "world.json", "base_metrics.json", "test.jsonl", "hard.jsonl"):
         assert (path / name).is_file(), name
-    assert load_world_config(path) == TINY
+    assert load_world_config(path) == (TINY, TINY_BASE)
     metrics = json.loads((path / "base_metrics.json").read_text())
     assert metrics["parameters"] > 0 and metrics["tokens_per_s"] > 0
     assert set(metrics["test"]) >= {"pass@1", "pass@2"} and set(metrics["hard"]) >= {"pass@1", "pass@2"}
@@ -232,10 +234,10 @@ def test_pretrain_base_caches(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
     started = time.perf_counter()
-    assert pretrain_base(TINY, tmp_path, progress=False) == path
+    assert pretrain_base(TINY, tmp_path, progress=False, base=TINY_BASE) == path
     assert time.perf_counter() - started < 1.0
 
-    other = pretrain_base(dataclasses.replace(TINY, seed=1), tmp_path, progress=False, threads=1)
+    other = pretrain_base(dataclasses.replace(TINY, seed=1), tmp_path, progress=False, threads=1, base=TINY_BASE)
     assert other != path and other.is_dir()
 
     model, tok = load_base(path)
@@ -252,7 +254,7 @@ def test_pretrain_base_caches(tmp_path):
 
 def test_world_splits_are_kit_benchmarks_and_one_shot_examples():
     from reprokit.data import DataError, OneShotDataModule, load_benchmark
-    from reprokit.worlds.resources import world_examples
+    from reprokit.worlds.names import examples as world_examples
 
     splits = make_splits(WorldConfig())
     test = load_benchmark("world_test")

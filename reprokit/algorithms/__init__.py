@@ -16,7 +16,7 @@ from reprokit.algorithms.grpo import (
     policy_loss,
     policy_loss_tokens,
 )
-from reprokit.algorithms.logprobs import naive_logprobs_and_entropy, token_logprobs_and_entropy
+from reprokit.algorithms.logprobs import naive_logprobs_and_entropy, response_logprobs, token_logprobs_and_entropy
 
 __all__ = [
     "ADVANTAGE_SCALES",
@@ -34,5 +34,6 @@ __all__ = [
     "naive_logprobs_and_entropy",
     "policy_loss",
     "policy_loss_tokens",
+    "response_logprobs",
     "token_logprobs_and_entropy",
 ]

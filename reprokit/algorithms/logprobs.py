@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["token_logprobs_and_entropy", "naive_logprobs_and_entropy"]
+__all__ = ["naive_logprobs_and_entropy", "response_logprobs", "token_logprobs_and_entropy"]
 
 LogitTransform = Callable[[Tensor], Tensor]
 
@@ -121,6 +121,49 @@ def token_logprobs_and_entropy(
     logp = logp.view(b, t)  # [B, T]
     entropy = entropy.view(b, t) if with_entropy else None  # [B, T]
     return logp, entropy
+
+
+def response_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    *,
+    first: int,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and entropies) of a causal LM for the tokens ``labels`` that follow position ``first``: the one
+    way the kit scores responses (the GRPO update, perplexity, entropy analyses).
+
+    Args:
+        model: a transformers causal LM, or a peft model around one (its adapter as it is set).
+        input_ids: ``[B, L]`` the sequences (prompt and response; left or right padding).
+        attention_mask: ``[B, L]`` 1 on real tokens; position ids count real tokens only, so a left-padded
+            prompt starts at position 0 as in generation.
+        labels: ``[B, T]`` the tokens scored: ``labels[:, t]`` is predicted by the hidden state at position
+            ``first + t`` (``input_ids[:, first + t + 1]`` for a plain continuation); ``-100`` = no target.
+        first: the position whose hidden state predicts ``labels[:, 0]`` (the prompt length minus 1 for a
+            response after a left-padded prompt).
+        temperature, chunk_size, with_entropy: see :func:`token_logprobs_and_entropy`.
+
+    Returns:
+        ``(logp [B, T], entropy [B, T] or None)`` at softmax(logits / temperature), float32. The decoder's hidden
+        states go through the chunked head pass, so no ``[B, L, V]`` logits are built; a config's
+        ``final_logit_softcapping`` (Gemma 2 / 3) is applied as the model's own head does.
+    """
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state  # [B, L, H]
+    hidden = hidden[:, first : first + labels.shape[1]]  # [B, T, H]
+    softcap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
+    return token_logprobs_and_entropy(
+        hidden, head, labels, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy, softcap=softcap
+    )  # [B, T], [B, T] | None
 
 
 def naive_logprobs_and_entropy(

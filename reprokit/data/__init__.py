@@ -10,15 +10,16 @@ from reprokit.data.batching import (
     PromptBatch,
     PromptDataset,
     PromptItem,
+    ResumableDataLoader,
     SeededEpochSampler,
     collate_prompts,
     get_pad_token_id,
     tokenize_examples,
 )
-from reprokit.data.benchmarks import BENCHMARKS, Benchmark, load_benchmark
+from reprokit.data.benchmarks import BENCHMARKS, Benchmark, load_benchmark, load_problems
 from reprokit.data.embedded import EMBEDDED_NAMES, get_embedded_examples
 from reprokit.data.errors import DataError
-from reprokit.data.modules import EvalDataModule, MathDataModule, OneShotDataModule
+from reprokit.data.modules import EvalDataModule, MathDataModule, OneShotDataModule, Validation
 from reprokit.data.readers import Example, read_examples
 from reprokit.data.templates import COT_SUFFIX, PROMPT_TEMPLATES, QWEN25_MATH_SYSTEM, render_prompt
 
@@ -37,10 +38,13 @@ __all__ = [
     "PromptBatch",
     "PromptDataset",
     "PromptItem",
+    "ResumableDataLoader",
     "SeededEpochSampler",
+    "Validation",
     "collate_prompts",
     "get_embedded_examples",
     "load_benchmark",
+    "load_problems",
     "get_pad_token_id",
     "read_examples",
     "render_prompt",

@@ -18,11 +18,9 @@ _PROBE_TIMEOUT_S = 3.0
 
 def load_hub_dataset(name: str, config: str | None = None, split: str | None = None) -> tuple[Any, str]:
     """``(dataset, "")`` or ``(None, why not)``; any failure (network, auth, missing repo) counts as unreachable."""
-    try:
-        import datasets
-        import huggingface_hub.constants as hub_constants
-    except ImportError as err:
-        return None, f"datasets is not installed: {err}"
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
     offline = _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE") or bool(hub_constants.HF_HUB_OFFLINE)
     if not offline and not _hub_reachable():
         offline = True

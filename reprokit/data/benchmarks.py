@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from reprokit import registry
 from reprokit.data._hub import load_hub_dataset
 from reprokit.data.errors import DataError
 from reprokit.data.readers import AUTO, Example, _build_examples, _hf_records, _jsonl_records, _lookup, _RowError, _text
 
-__all__ = ["BENCHMARKS", "Benchmark", "load_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "load_benchmark", "load_problems"]
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -62,8 +63,9 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
     """Load a benchmark as examples; ``fields["benchmark"]`` holds its name and ids are ``"<name>/<row>"``.
 
     Args:
-        name: a key of :data:`BENCHMARKS`, or ``world_test`` / ``world_hard`` (the CPU world's test split and
-            harder slice, see :mod:`reprokit.worlds.resources`).
+        name: a key of :data:`BENCHMARKS`, a benchmark name of :mod:`reprokit.registry` (``world_test`` /
+            ``world_hard``: the CPU world's test split and harder slice), or ``"package.module:function"``
+            called as ``function(name, limit)`` and returning the examples.
         data_dir: folder with ``eval/<name>/*.jsonl`` (or the ``eval`` folder itself); default
             ``$REPROKIT_DATA_DIR``. Without a local copy the Hub is tried.
         limit: keep only the first ``limit`` problems (quick runs).
@@ -72,15 +74,20 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
         DataError: unknown name, or neither a local copy nor the Hub is reachable (the message lists
             what was tried and how to point at a local copy).
     """
-    from reprokit.worlds.resources import WORLD_BENCHMARKS, world_benchmark
-
-    if name not in BENCHMARKS and name not in WORLD_BENCHMARKS:
-        available = ", ".join([*BENCHMARKS, *WORLD_BENCHMARKS])
-        raise DataError(f"unknown benchmark {name!r}; available: {available}")
     if limit is not None and limit < 1:
         raise DataError(f"limit={limit} must be a positive number of problems (or None for all)")
-    if name in WORLD_BENCHMARKS:  # generated in-process from the CPU world's seed: no file to find
-        return world_benchmark(name, limit)
+    if name not in BENCHMARKS:
+        if not registry.lookup("benchmark", name) and ":" not in name:
+            available = ", ".join([*BENCHMARKS, *registry.names("benchmark")])
+            raise DataError(
+                f"unknown benchmark {name!r}; available: {available}, or a 'package.module:function' returning the "
+                "problems (see reprokit.registry)"
+            )
+        try:
+            load = registry.resolve("benchmark", name, what="benchmark")
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        return load(name, limit)  # e.g. generated in-process from the CPU world's seed: no file to find
     spec = BENCHMARKS[name]
     roots = [Path(data_dir)] if data_dir is not None else []
     if data_dir is None and os.environ.get("REPROKIT_DATA_DIR"):
@@ -185,3 +192,26 @@ def _last_boxed(text: str) -> str | None:
     while end < len(text) and not text[end].isspace() and text[end] != "$":
         end += 1
     return text[i:end] or None
+
+
+def load_problems(
+    spec: str,
+    *,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    question_field: str = AUTO,
+    answer_field: str = AUTO,
+) -> list[Example]:
+    """Problems named by one string, as the analysis recipes take them: a registered example set ``PREFIX:REST``
+    (``world:test``), a data file (jsonl/json/csv/parquet, with its question and answer fields), or a benchmark
+    name for :func:`load_benchmark`; the first ``limit`` of them."""
+    from reprokit.data.readers import read_examples
+
+    prefix, sep, rest = spec.partition(":")
+    if sep and registry.lookup("examples", prefix) and not Path(spec).exists():
+        examples = registry.resolve("examples", prefix, what="problems")(rest)
+    elif Path(spec).exists():
+        examples = read_examples(spec, question_field=question_field, answer_field=answer_field)
+    else:
+        return load_benchmark(spec, data_dir=data_dir, limit=limit)
+    return examples[:limit] if limit else examples

@@ -10,6 +10,7 @@ is reported before training starts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from reprokit import registry
 from reprokit.data.batching import (
     PromptBatch,
     PromptDataset,
@@ -34,7 +36,22 @@ from reprokit.data.errors import DataError
 from reprokit.data.readers import AUTO, Example, read_examples
 from reprokit.data.templates import PROMPT_TEMPLATES
 
-__all__ = ["EvalDataModule", "MathDataModule", "OneShotDataModule"]
+__all__ = ["EvalDataModule", "MathDataModule", "OneShotDataModule", "Validation"]
+
+
+@dataclass
+class Validation:
+    """Benchmarks validated before, during (every run.val_every steps) and after training."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["math500"])
+    """Benchmark names (math500, aime24, aime25, amc23, minerva_math, olympiadbench, a registered name such as
+    world_test, or a 'package.module:function' of your own); empty list = none."""
+    data_dir: str | None = None
+    """Local data folder laid out like shared/data (else $REPROKIT_DATA_DIR, else the Hugging Face Hub)."""
+    limit: int | None = 100
+    """Problems per benchmark (None = all)."""
+    batch_size: int = 16
+    """Prompts per validation batch."""
 
 
 class _PromptDataModule(L.LightningDataModule):
@@ -50,10 +67,7 @@ class _PromptDataModule(L.LightningDataModule):
         drop_long_prompts: bool,
         batch_size: int,
         num_workers: int,
-        val_benchmarks: Sequence[str] | None = None,
-        data_dir: str | Path | None = None,
-        val_limit: int | None = None,
-        val_batch_size: int | None = None,
+        validation: Validation | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -72,10 +86,7 @@ class _PromptDataModule(L.LightningDataModule):
         self.drop_long_prompts = drop_long_prompts
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.val_benchmarks = list(val_benchmarks or [])
-        self.data_dir = data_dir
-        self.val_limit = val_limit
-        self.val_batch_size = val_batch_size or batch_size
+        self.validation = validation or Validation(benchmarks=[])
         self.train_dataset: PromptDataset | None = None
         self.val_dataset: PromptDataset | None = None
 
@@ -112,16 +123,17 @@ class _PromptDataModule(L.LightningDataModule):
         )
 
     def _setup_val(self) -> None:
-        if self.val_benchmarks and self.val_dataset is None:
-            examples = _load_benchmarks(self.val_benchmarks, self.data_dir, self.val_limit)
+        v = self.validation
+        if v.benchmarks and self.val_dataset is None:
+            examples = _load_benchmarks(v.benchmarks, v.data_dir, v.limit)
             self.val_dataset = PromptDataset(self._tokenize(examples))
 
     def val_dataloader(self) -> DataLoader | list:
-        """The ``val_benchmarks`` prompts in one loader (``fields["benchmark"]`` tells them apart); [] if none."""
+        """The validation benchmarks' prompts in one loader (``fields["benchmark"]`` tells them apart); [] if none."""
         self._setup_val()
         if self.val_dataset is None:
             return []
-        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+        return self._loader(self.val_dataset, self.validation.batch_size, shuffle=False)
 
 
 def _load_benchmarks(names: Sequence[str], data_dir: str | Path | None, limit: int | None) -> list[Example]:
@@ -145,8 +157,9 @@ class OneShotDataModule(_PromptDataModule):
 
     Args:
         tokenizer: the policy's transformers tokenizer.
-        examples: embedded names (``"pi1"``, ``"pi1,pi13"``), CPU-world train problems (``"world:train-00042"``),
-            a data file for :func:`read_examples`, or a list of :class:`Example`.
+        examples: embedded names (``"pi1"``, ``"pi1,pi13"``), a registered example set ``"PREFIX:REST"``
+            (``"world:train-00042"``: CPU-world train problems, see :mod:`reprokit.registry`), a data file for
+            :func:`read_examples`, or a list of :class:`Example`.
         label: for embedded π1, ``"dataset"`` (12.8, what the paper trained on) or ``"true"`` (12.7).
         question_field / answer_field / id_field: fields when ``examples`` is a file.
         template: prompt template name or ``{question}`` format string.
@@ -156,7 +169,7 @@ class OneShotDataModule(_PromptDataModule):
         batch_size: prompts per optimizer step over all devices.
         num_workers: DataLoader workers.
         seed: unused by the fixed one-shot order; kept so every training module takes the same options.
-        val_benchmarks / data_dir / val_limit / val_batch_size: optional validation benchmarks.
+        validation: optional validation benchmarks (:class:`Validation`).
     """
 
     def __init__(
@@ -175,10 +188,7 @@ class OneShotDataModule(_PromptDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
-        val_benchmarks: Sequence[str] | None = None,
-        data_dir: str | Path | None = None,
-        val_limit: int | None = None,
-        val_batch_size: int | None = None,
+        validation: Validation | None = None,
     ):
         super().__init__(
             tokenizer,
@@ -188,12 +198,9 @@ class OneShotDataModule(_PromptDataModule):
             drop_long_prompts=drop_long_prompts,
             batch_size=batch_size,
             num_workers=num_workers,
-            val_benchmarks=val_benchmarks,
-            data_dir=data_dir,
-            val_limit=val_limit,
-            val_batch_size=val_batch_size,
+            validation=validation,
         )
-        self.save_hyperparameters(ignore=["tokenizer"] + ([] if isinstance(examples, (str, Path)) else ["examples"]))
+        self.save_hyperparameters(ignore=["tokenizer", "validation"] + ([] if isinstance(examples, (str, Path)) else ["examples"]))
         self.examples = examples
         self.label = label
         self.question_field = question_field
@@ -205,10 +212,9 @@ class OneShotDataModule(_PromptDataModule):
         source = self.examples
         if not isinstance(source, (str, Path)):
             return list(source)
-        if str(source).startswith("world:"):
-            from reprokit.worlds.resources import world_examples
-
-            return world_examples(str(source))
+        prefix, sep, rest = str(source).partition(":")
+        if sep and registry.lookup("examples", prefix) and not Path(source).exists():
+            return registry.resolve("examples", prefix, what="examples")(rest)
         if Path(source).exists():
             return read_examples(
                 source, question_field=self.question_field, answer_field=self.answer_field, id_field=self.id_field
@@ -259,7 +265,7 @@ class MathDataModule(_PromptDataModule):
         num_workers: DataLoader workers.
         seed: data-order seed.
         drop_last: drop the last incomplete batch of an epoch, so every step has ``batch_size`` prompts.
-        val_benchmarks / data_dir / val_limit / val_batch_size: optional validation benchmarks.
+        validation: optional validation benchmarks (:class:`Validation`).
     """
 
     def __init__(
@@ -280,10 +286,7 @@ class MathDataModule(_PromptDataModule):
         num_workers: int = 0,
         seed: int = 0,
         drop_last: bool = True,
-        val_benchmarks: Sequence[str] | None = None,
-        data_dir: str | Path | None = None,
-        val_limit: int | None = None,
-        val_batch_size: int | None = None,
+        validation: Validation | None = None,
     ):
         super().__init__(
             tokenizer,
@@ -293,12 +296,9 @@ class MathDataModule(_PromptDataModule):
             drop_long_prompts=drop_long_prompts,
             batch_size=batch_size,
             num_workers=num_workers,
-            val_benchmarks=val_benchmarks,
-            data_dir=data_dir,
-            val_limit=val_limit,
-            val_batch_size=val_batch_size,
+            validation=validation,
         )
-        self.save_hyperparameters(ignore=["tokenizer"])
+        self.save_hyperparameters(ignore=["tokenizer", "validation"])
         self.path = path
         self.question_field = question_field
         self.answer_field = answer_field
@@ -388,12 +388,9 @@ class EvalDataModule(_PromptDataModule):
             drop_long_prompts=drop_long_prompts,
             batch_size=batch_size,
             num_workers=num_workers,
-            val_benchmarks=benchmarks,
-            data_dir=data_dir,
-            val_limit=limit,
-            val_batch_size=batch_size,
+            validation=Validation(benchmarks=benchmarks, data_dir=None if data_dir is None else str(data_dir), limit=limit, batch_size=batch_size),
         )
-        self.save_hyperparameters(ignore=["tokenizer"])
+        self.save_hyperparameters(ignore=["tokenizer", "validation"])
         self.benchmarks = benchmarks
 
     def setup(self, stage: str | None = None) -> None:

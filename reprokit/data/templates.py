@@ -27,17 +27,30 @@ R1_TEMPLATE = (
 def _qwen25_math_cot(question: str, tokenizer: Any = None) -> str:
     """The tokenizer's chat template with the Qwen2.5-Math system prompt, ready for the assistant turn.
 
-    Without a tokenizer, or with one that has no chat template (tiny test tokenizers), the Qwen2.5
-    ChatML layout is written out directly; for Qwen2.5 tokenizers both give the same text.
+    Without a tokenizer, or with one that has no chat template but knows ChatML's markers, the Qwen2.5 ChatML
+    layout is written out directly; for Qwen2.5 tokenizers both give the same text. A tokenizer with neither
+    (Gemma's base model, a character tokenizer) would read the markers as plain text and lose its BOS token: that
+    is an error naming the templates that work.
     """
     messages = [{"role": "system", "content": QWEN25_MATH_SYSTEM}, {"role": "user", "content": question}]
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if tokenizer is not None and not _knows(tokenizer, "<|im_start|>"):
+        raise ValueError(
+            "template 'qwen25-math-cot' needs the tokenizer's chat template or ChatML's <|im_start|> token, and this "
+            f"tokenizer ({type(tokenizer).__name__}) has neither; use template 'none' or 'r1', or a format string "
+            "such as 'Question: {question}\nAnswer:' (data.template)"
+        )
     return (
         f"<|im_start|>system\n{QWEN25_MATH_SYSTEM}<|im_end|>\n"
         f"<|im_start|>user\n{question}<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+def _knows(tokenizer: Any, token: str) -> bool:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    return isinstance(token_id, int) and token_id != getattr(tokenizer, "unk_token_id", None)
 
 
 def _r1(question: str, tokenizer: Any = None) -> str:

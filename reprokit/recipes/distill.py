@@ -38,14 +38,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from reprokit import plots, registry
+from reprokit.cli import Recipe, gpu_preset, parse
 from reprokit.data import render_prompt
 from reprokit.data.templates import uses_chat_markup
-from reprokit.lm import CausalLMModule, SFTDataModule, read_pairs
-from reprokit.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
-from reprokit.models import ModelConfig, load_policy
-from reprokit.recipes.common import RunConfig, build_parser, build_trainer, last_checkpoint, parse, save_config
-
-RECIPE = "distill"
+from reprokit.policy import ModelConfig, load_policy
+from reprokit.training.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
+from reprokit.training.sft import CausalLMModule, SFTDataModule, read_pairs
+from reprokit.training.trainer import RunConfig, build_trainer, last_checkpoint
 
 
 @dataclass
@@ -53,8 +53,9 @@ class DistillData:
     """The teacher traces and how problems become prompts."""
 
     file: str | None = None
-    """JSONL file of teacher traces (a problem and a response field per line); `world:teacher_alt` = the CPU
-    world's train split solved by its alternative teacher, written to RUN_DIR/teacher_traces.jsonl."""
+    """JSONL file of teacher traces (a problem and a response field per line), or a registered trace set:
+    `world:teacher_alt` = the CPU world's train split solved by its alternative teacher, written to
+    RUN_DIR/teacher_traces.jsonl."""
     problem_field: str = "problem"
     """Field holding the problem text (the question, without template)."""
     response_field: str = "response"
@@ -95,6 +96,15 @@ class DistillTrain:
             raise ValueError(f"DistillTrain.max_grad_norm={self.max_grad_norm}: must be > 0 or null")
 
 
+RECIPE = Recipe(
+    name="distill",
+    description=__doc__.split("\n\n")[0],
+    sections={"run": RunConfig, "model": ModelConfig, "train": DistillTrain, "data": DistillData},
+    resumable=True,
+    default_preset=gpu_preset,
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe from the command line; returns the summary printed at the end."""
     return run(argv)[0]
@@ -102,34 +112,33 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, "DistillModule"]:
     """Parse, build, train; returns (summary, trainer, module) for callers that inspect the run."""
-    parser = build_parser(
-        RECIPE, __doc__.split("\n\n")[0], {"model": ModelConfig, "train": DistillTrain, "data": DistillData}
-    )
-    cfg, notes = parse(RECIPE, parser, argv)
-    for note in notes:
-        print(f"[reprokit] {note}")
-    init = parser.instantiate(cfg)
-    run_cfg: RunConfig = init.run
-    data: DistillData = init.data
-    train: DistillTrain = init.train
+    parsed = parse(RECIPE, argv)
+    parsed.print_notes()
+    run_cfg: RunConfig = parsed.section("run")
+    data: DistillData = parsed.section("data")
+    train: DistillTrain = parsed.section("train")
+    model_cfg: ModelConfig = parsed.section("model")
     if not data.file:
         raise SystemExit(
             "--data.file is not set: pass a JSONL file of teacher traces (fields problem, response), "
             "or world:teacher_alt for the CPU world's traces"
         )
-    if train.finetune == "full" and init.model.quantization != "none":
+    if train.finetune == "full" and model_cfg.quantization != "none":
         raise SystemExit(
             "--train.finetune full with --model.quantization nf4: 4-bit weights cannot be trained; "
             "set --model.quantization none, or keep --train.finetune lora"
         )
     run_dir = Path(run_cfg.run_dir)
-    config_path = save_config(parser, cfg, run_dir)
+    config_path = parsed.save(run_dir)
     print(f"[reprokit] run directory {run_dir} (config saved to {config_path})")
     L.seed_everything(run_cfg.seed, workers=True, verbose=False)
 
-    if data.file.startswith("world:"):
-        data.file = str(write_world_traces(data.file.removeprefix("world:"), run_dir / "teacher_traces.jsonl"))
-    model, tokenizer = load_student(init.model, train.finetune)
+    prefix, sep, rest = data.file.partition(":")
+    if sep and registry.lookup("traces", prefix) and not Path(data.file).exists():
+        # A registered trace set (world:teacher_alt) is written into the run directory, then read like any file.
+        write = registry.resolve("traces", prefix, what="data.file")
+        data.file = str(write(rest, run_dir / "teacher_traces.jsonl"))
+    model, tokenizer = load_student(model_cfg, train.finetune)
     pairs = teacher_pairs(data, tokenizer)
     print(f"[reprokit] {len(pairs)} teacher traces from {data.file}")
     datamodule = SFTDataModule(
@@ -149,14 +158,14 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, "DistillModule"
     if train.finetune == "full":
         callbacks.append(ExportPretrained(run_dir / "checkpoints", tokenizer, run_cfg.checkpoint_every))
     trainer = build_trainer(run_cfg, run_dir, val_every=0, callbacks=callbacks)
-    ckpt = last_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and ckpt is None:
+    ckpt = last_checkpoint(run_dir) if parsed.resume else None
+    if parsed.resume and ckpt is None:
         raise SystemExit(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
 
     summary = {"steps": trainer.global_step, "final_loss": _last_loss(run_dir / "train_log.csv")}
     if trainer.is_global_zero:
-        png = plot_loss(run_dir / "train_log.csv", run_dir / "loss.png")
+        png = plots.loss_curve(_read_log(run_dir / "train_log.csv"), run_dir / "loss.png")
         print(f"[reprokit] finished {summary['steps']} steps, final loss {summary['final_loss']:.4f}")
         print(f"[reprokit] loss curve: {png}")
         print(f"[reprokit] TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
@@ -173,27 +182,6 @@ def load_student(model_cfg: ModelConfig, finetune: str):
         model.requires_grad_(True)
         model.train()
     return model, tokenizer
-
-
-def write_world_traces(style: str, path: Path) -> Path:
-    """The CPU world's train split solved in ``style`` as a traces file (problem, response per line).
-
-    ``teacher_alt`` is the rewriting strategy the world's pretraining corpus never shows, the stand-in for a
-    stronger teacher's new reasoning pattern. Prompts are the world's: template ``{question}`` + newline,
-    no CoT suffix (the cpu preset sets both).
-    """
-    import json
-
-    from reprokit.worlds import STYLES, WorldConfig, make_splits, write_solution
-
-    if style not in STYLES or style == "sloppy":
-        raise SystemExit(f"--data.file world:{style}: use world:teacher_alt or world:careful")
-    cfg = WorldConfig()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for problem in make_splits(cfg).train:
-            f.write(json.dumps({"problem": problem.question, "response": write_solution(problem, style, cfg)}) + "\n")
-    return path
 
 
 def teacher_pairs(data: DistillData, tokenizer) -> list[tuple[str, str]]:
@@ -301,24 +289,6 @@ def _read_log(path: Path) -> dict[int, float]:
 def _last_loss(path: Path) -> float:
     log = _read_log(path)
     return log[max(log)] if log else math.nan
-
-
-def plot_loss(log_path: Path, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    log = _read_log(log_path)
-    steps = sorted(log)
-    fig = Figure(figsize=(5.5, 3.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.plot(steps, [log[s] for s in steps], color="tab:blue", lw=1)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("next-token loss on responses (nats)")
-    ax.set_title("Distillation: SFT on teacher traces")
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    return path
 
 
 if __name__ == "__main__":

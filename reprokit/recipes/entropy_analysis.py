@@ -41,16 +41,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reprokit.algorithms import token_logprobs_and_entropy
-from reprokit.data import Example, collate_prompts, get_pad_token_id, load_benchmark, read_examples, tokenize_examples
+from reprokit import plots
+from reprokit.algorithms import response_logprobs
+from reprokit.cli import Recipe, cpu_preset, parse
+from reprokit.data import Example, collate_prompts, get_pad_token_id, load_problems, tokenize_examples
 from reprokit.evaluation import free_memory, load_model_spec
 from reprokit.metrics import HighEntropyOverlap, TokenEntropy
 from reprokit.metrics.functional import quantiles
-from reprokit.models import eos_token_ids
-from reprokit.recipes.common import preset_path
+from reprokit.policy import eos_token_ids
 from reprokit.sampling import generate
 
-RECIPE = "entropy_analysis"
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99)
 
 
@@ -74,8 +74,8 @@ class EntropyOptions:
     samples_model: str | None = None
     """Whose responses in samples.jsonl to analyse (a model name of that run; default: its first model)."""
     problems: str = "math500"
-    """Benchmark name (math500, aime24, ...), a data file (jsonl/json/csv/parquet), or world:test / world:train /
-    world:hard (the splits of the default CPU world, WorldConfig()) to sample responses on."""
+    """Benchmark name (math500, aime24, world_test, ...), a data file (jsonl/json/csv/parquet), or a registered
+    example set such as world:test / world:train / world:hard (the splits of the CPU world of --world.*)."""
     data_dir: str | None = None
     """Local data folder laid out like shared/data (else $REPROKIT_DATA_DIR, else the Hugging Face Hub)."""
     question_field: str = "auto"
@@ -150,6 +150,15 @@ class Scores:
     lengths: list[int] = field(default_factory=list)  # tokens per response
 
 
+RECIPE = Recipe(
+    name="entropy_analysis",
+    description=__doc__.split("\n\n")[0],
+    sections={"": EntropyOptions},
+    run_dir_key="run_dir",
+    default_preset=cpu_preset,
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run from the command line; returns the contents of entropy_stats.json."""
     opts = parse_options(argv)
@@ -169,16 +178,16 @@ def main(argv: list[str] | None = None) -> dict:
     stats = entropy_summary(base.entropy, opts.rho)
     stats.update(model=opts.model, source=responses.source, temperature=opts.temperature, num_responses=len(responses))
     _save_values(responses, base, run_dir / "token_entropy.npz")
-    plot_histogram(base.entropy, stats, run_dir / "entropy_hist.png")
+    plots.entropy_histograms(base.entropy.double().numpy(), stats, run_dir / "entropy_hist.png")
     table = high_entropy_tokens(responses, base, tokenizer, stats["top_rho_threshold"])
     write_token_table(table, run_dir / "top_tokens.csv")
-    plot_top_tokens(table[: opts.top_tokens], opts.rho, run_dir / "top_tokens.png")
+    plots.top_tokens(table[: opts.top_tokens], opts.rho, run_dir / "top_tokens.png")
 
     if opts.run_dir_of_training:
         rows, values = overlap_by_step(responses, base, opts)
         np.savez_compressed(run_dir / "overlap_entropy.npz", **values)
         write_overlap(rows, run_dir / "overlap.csv")
-        plot_overlap(rows, opts.rho, run_dir / "overlap.png")
+        plots.overlap_by_step(rows, opts.rho, run_dir / "overlap.png")
         stats["overlap"] = rows
     (run_dir / "entropy_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     _report(stats, table, run_dir)
@@ -187,30 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def parse_options(argv: list[str] | None = None) -> EntropyOptions:
     """Defaults < --preset (recipes/entropy_analysis/NAME.yaml; cpu when there is no CUDA device) < --config < flags."""
-    import sys
-
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(prog=f"python -m reprokit.recipes.{RECIPE}", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--preset", type=str | None, default=None,
-        help=f"Preset from recipes/{RECIPE}/ (cpu, qwen2.5-math-1.5b); default: cpu without a CUDA device",
-    )
-    parser.add_argument(
-        "--config", action=ActionConfigFile, help="YAML file of options (a copied and edited preset); later flags override it"
-    )
-    parser.add_class_arguments(EntropyOptions, as_group=True)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    preset = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"), None)
-    preset = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")), preset)
-    has_config = any(a == "--config" or a.startswith("--config=") for a in argv)
-    if preset is None and not has_config and not torch.cuda.is_available():
-        preset = "cpu"
-        print("[reprokit] no --preset given: using preset 'cpu' (no CUDA device found)")
-    if preset is not None:
-        argv = ["--config", str(preset_path(RECIPE, preset))] + argv
-    cfg = parser.parse_args(argv)
-    return EntropyOptions(**{name: cfg[name] for name in EntropyOptions.__dataclass_fields__})
+    parsed = parse(RECIPE, argv)
+    parsed.print_notes()
+    return parsed.section("")
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -221,12 +209,6 @@ def _load(spec: str, opts: EntropyOptions):
     model, tokenizer = load_model_spec(spec, quantization=opts.quantization)
     model.eval()
     return model, tokenizer
-
-
-def _network(model):
-    """The decoder (hidden states, no logits) and the output head, through a peft wrapper if there is one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -274,20 +256,10 @@ def sample_responses(model, tokenizer, opts: EntropyOptions) -> Responses:
 
 
 def _problems(opts: EntropyOptions):
-    if opts.problems.startswith("world:"):
-        from reprokit.worlds import WorldConfig, make_splits
-
-        split = opts.problems.removeprefix("world:")
-        splits = dict(make_splits(WorldConfig()).items())
-        if split not in splits:
-            raise SystemExit(f"--problems {opts.problems}: use world:{', world:'.join(splits)}")
-        examples = [Example(p.id, p.question, p.answer, {"steps": p.steps}) for p in splits[split]]
-        return examples[: opts.limit] if opts.limit else examples
-    path = Path(opts.problems)
-    if path.exists():
-        examples = read_examples(path, question_field=opts.question_field, answer_field=opts.answer_field)
-        return examples[: opts.limit] if opts.limit else examples
-    return load_benchmark(opts.problems, data_dir=opts.data_dir, limit=opts.limit)
+    return load_problems(
+        opts.problems, data_dir=opts.data_dir, limit=opts.limit, question_field=opts.question_field,
+        answer_field=opts.answer_field,
+    )
 
 
 def read_samples(path: str | Path, tokenizer, opts: EntropyOptions) -> Responses:
@@ -367,21 +339,11 @@ def _sampling_temperature(path: Path) -> float | None:
 
 def _pass_at_k_questions(data: dict) -> dict[str, str]:
     """problem_id -> question for the problems of a pass_at_k run (its ``data`` config section)."""
-    questions = {}
-    for name in data.get("benchmarks") or []:
-        for ex in load_benchmark(name, data_dir=data.get("data_dir"), limit=data.get("limit")):
-            questions[ex.id] = ex.question
-    if data.get("path"):
-        name = data.get("name") or Path(data["path"]).stem
-        examples = read_examples(
-            data["path"],
-            question_field=data.get("question_field", "auto"),
-            answer_field=data.get("answer_field", "auto"),
-            id_field=data.get("id_field"),
-        )
-        for ex in examples[: data.get("limit")] if data.get("limit") else examples:
-            questions[f"{name}/{ex.id}"] = ex.question
-    return questions
+    from reprokit.recipes.pass_at_k import EvalData, load_eval_problems
+
+    known = set(EvalData.__dataclass_fields__)
+    problems = load_eval_problems(EvalData(**{k: v for k, v in data.items() if k in known}))
+    return {ex.id: ex.question for examples in problems.values() for ex in examples}
 
 
 def write_responses(responses: Responses, path: Path) -> None:
@@ -402,7 +364,6 @@ def write_responses(responses: Responses, path: Path) -> None:
 @torch.no_grad()
 def score_responses(model, responses: Responses, opts: EntropyOptions, desc: str = "entropy") -> Scores:
     """Entropy of softmax(logits / T) at every response position of every response, under ``model``."""
-    decoder, lm_head = _network(model)
     device = next(model.parameters()).device
     pad_id = 0  # padding is masked out of attention and cut from the results: any id will do
     pieces: list[torch.Tensor] = []
@@ -423,14 +384,10 @@ def score_responses(model, responses: Responses, opts: EntropyOptions, desc: str
             seq[j, width_p : width_p + len(r)] = torch.tensor(r, dtype=torch.long)
             mask[j, width_p - len(p) : width_p + len(r)] = 1
         seq, mask = seq.to(device), mask.to(device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L+T]
-        out = decoder(input_ids=seq, attention_mask=mask, position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state  # [B, L+T, H]
         # The hidden state at position i predicts token i+1: the response's tokens are predicted from width_p - 1 on.
-        hidden = hidden[:, width_p - 1 : -1]  # [B, T, H]
-        labels = seq[:, width_p:]  # [B, T]
-        _, entropy = token_logprobs_and_entropy(
-            hidden, lm_head, labels, temperature=opts.temperature, chunk_size=opts.chunk_size
+        _, entropy = response_logprobs(
+            model, seq, mask, seq[:, width_p:], first=width_p - 1, temperature=opts.temperature,
+            chunk_size=opts.chunk_size,
         )  # [B, T]
         for j, i in enumerate(rows):
             by_index[i] = entropy[j, : len(answers[j])].float().cpu()  # [T_i]
@@ -568,72 +525,6 @@ def write_overlap(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=["step", "overlap", "entropy_mean", "checkpoint"])
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _figure(width: float, height: float):
-    """A figure on matplotlib's Agg canvas (PNG output, no display, no pyplot state) and its one axes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots()
-
-
-def plot_histogram(entropy: torch.Tensor, stats: dict, path: Path) -> None:
-    """Two views of one distribution: linear entropy axis (as the paper plots it) and log10 entropy, where the
-    near-deterministic majority below 0.01 nats is resolved too."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    values = entropy.double().numpy()
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    linear, logarithmic = fig.subplots(1, 2)
-    top = max(float(values.max()) if values.size else 1.0, 1e-3)
-    linear.hist(values, bins=np.linspace(0, top, 61), color="tab:blue", alpha=0.85)
-    linear.set_yscale("log")
-    linear.set_xlabel("token entropy (nats)")
-    linear.set_ylabel("tokens (log scale)")
-    floor = 1e-8  # exact zeros (one-hot distributions) land in the first bin of the log view
-    logs = np.log10(np.clip(values, floor, None))
-    logarithmic.hist(logs, bins=60, color="tab:blue", alpha=0.85)
-    logarithmic.axvline(np.log10(0.01), color="gray", ls=":", lw=1, label="0.01 nats")
-    logarithmic.set_xlabel("log10 token entropy (nats)")
-    logarithmic.set_ylabel("tokens")
-    for ax in (linear, logarithmic):
-        p80 = stats["p80"] if ax is linear else np.log10(max(stats["p80"], floor))
-        ax.axvline(p80, color="tab:red", ls="--", lw=1, label=f"80th percentile {stats['p80']:.3g}")
-        ax.legend(fontsize=8)
-    fig.suptitle(
-        f"{stats['num_tokens']} response tokens: mean {stats['mean']:.3f} nats, "
-        f"{stats['frac_low']:.0%} below 0.01, 80th percentile {stats['p80']:.3g}",
-        fontsize=10,
-    )
-    fig.savefig(path, dpi=120)
-
-
-def plot_top_tokens(table: list[dict], rho: float, path: Path) -> None:
-    fig, ax = _figure(6, max(2.5, 0.22 * len(table) + 1))
-    labels = [row["token"] for row in table][::-1]
-    ax.barh(range(len(table)), [row["count"] for row in table][::-1], color="tab:orange")
-    ax.set_yticks(range(len(table)), labels, fontsize=8)
-    ax.set_xlabel(f"count among the top-{rho:.0%} entropy positions")
-    ax.set_title(f"Most frequent high-entropy tokens (top {len(table)})", fontsize=9)
-    fig.savefig(path, dpi=120)
-
-
-def plot_overlap(rows: list[dict], rho: float, path: Path) -> None:
-    fig, ax = _figure(5.5, 3.5)
-    ax.plot([r["step"] for r in rows], [100 * r["overlap"] for r in rows], marker="o", color="tab:green")
-    ax.axhline(86, color="gray", ls=":", lw=1, label="paper: > 86% after RL")
-    ax.set_ylim(0, 102)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"top-{rho:.0%} positions shared with base (%)")
-    ax.set_title("Overlap of high-entropy positions with the base model", fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
 
 
 def _report(stats: dict, table: list[dict], run_dir: Path) -> None:

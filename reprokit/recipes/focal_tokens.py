@@ -26,11 +26,9 @@ from pathlib import Path
 
 import lightning as L
 
-from reprokit.data import MathDataModule
-from reprokit.grpo_module import GRPOModule
-from reprokit.recipes.one_shot import run_grpo_recipe
-
-RECIPE = "focal_tokens"
+from reprokit.data import MathDataModule, Validation
+from reprokit.recipes._grpo import grpo_recipe, run_grpo_recipe
+from reprokit.training.grpo import GRPOModule
 
 
 @dataclass
@@ -75,6 +73,9 @@ def default_train_path(data: TrainData) -> str:
     return str(candidate)
 
 
+RECIPE = grpo_recipe("focal_tokens", __doc__.split("\n\n")[0], TrainData)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe from the command line; returns the summary printed at the end."""
     return run(argv)[0]
@@ -82,10 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, GRPOModule]:
     """Parse, build, train, validate; returns (summary, trainer, module) for callers that inspect the run."""
-    return run_grpo_recipe(RECIPE, __doc__.split("\n\n")[0], TrainData, _train_data, argv)
+    return run_grpo_recipe(RECIPE, _train_data, argv)
 
 
-def _train_data(tokenizer, data: TrainData, seed: int, val_options: dict) -> MathDataModule:
+def _train_data(tokenizer, data: TrainData, seed: int, validation: Validation | None) -> MathDataModule:
     return MathDataModule(
         tokenizer,
         path=default_train_path(data),
@@ -99,7 +100,7 @@ def _train_data(tokenizer, data: TrainData, seed: int, val_options: dict) -> Mat
         max_prompt_length=data.max_prompt_length,
         drop_long_prompts=data.drop_long_prompts,
         seed=seed,
-        **val_options,
+        validation=validation,
     )
 
 

@@ -29,7 +29,7 @@ Run the same command again to resume a killed run: only responses missing from s
 
 CPU world: its base is a local model folder and its prompt is the bare question plus a newline, so set, in a
 YAML file passed with --config, `data: {path: <world folder>/test.jsonl, id_field: id, template: "{question}\\n",
-cot_suffix: false}` and `sampling: {reward: "reprokit.worlds.arith:reward"}`.
+cot_suffix: false}` and `sampling: {reward: "world"}`.
 """
 
 from __future__ import annotations
@@ -37,15 +37,15 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import sys
 import warnings
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from reprokit.cli import Recipe, gpu_preset, parse
 from reprokit.data import DataError, Example, load_benchmark, read_examples
 from reprokit.data.templates import PROMPT_TEMPLATES
 from reprokit.evaluation import (
@@ -54,6 +54,7 @@ from reprokit.evaluation import (
     free_memory,
     load_model_spec,
     parse_models,
+    read_jsonl_lines,
     read_samples,
     regrade_samples,
     render_prompts,
@@ -62,10 +63,7 @@ from reprokit.evaluation import (
 )
 from reprokit.metrics.functional import accuracy_histogram, pass_at_k_per_problem, powers_of_two, solved_set_overlap
 from reprokit.plots import accuracy_histograms, bar_chart, box_plots, pass_at_k_curves
-from reprokit.recipes.common import build_parser, parse, save_config
 from reprokit.rewards import get_reward
-
-RECIPE = "pass_at_k"
 
 
 @dataclass
@@ -179,11 +177,17 @@ class Sampling:
                 raise ValueError(message)
 
 
-SECTIONS = {"eval": EvalModels, "data": EvalData, "sampling": Sampling}
-DESCRIPTION = (
-    __doc__.split("\n\n")[0]
-    + "\n\nEvery option may also be written by its own name: --models base=Qwen/Qwen2.5-Math-1.5B rl=runs/x "
-    "--benchmarks math500 aime24 --n 256 --limit 100 --regrade."
+SECTIONS = {"run": EvalRun, "eval": EvalModels, "data": EvalData, "sampling": Sampling}
+RECIPE = Recipe(
+    name="pass_at_k",
+    description=(
+        __doc__.split("\n\n")[0]
+        + "\n\nEvery option may also be written by its own name: --models base=Qwen/Qwen2.5-Math-1.5B rl=runs/x "
+        "--benchmarks math500 aime24 --n 256 --limit 100 --regrade."
+    ),
+    sections=SECTIONS,
+    default_preset=gpu_preset,
+    no_short_flags=("path", "name"),
 )
 # Settings every response in one samples.jsonl must share; see _check_settings.
 SAMPLING_SETTINGS = ("temperature", "top_p", "max_new_tokens", "template", "cot_suffix", "reward")
@@ -195,15 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = build_parser(RECIPE, DESCRIPTION, SECTIONS, run_class=EvalRun)
-    cfg, notes = parse(RECIPE, parser, _expand_short_flags(sys.argv[1:] if argv is None else argv))
-    for note in notes:
-        print(f"[reprokit] {note}")
-    init = parser.instantiate(cfg)
-    run_cfg: EvalRun = init.run
-    models_cfg: EvalModels = init.eval
-    data: EvalData = init.data
-    sampling: Sampling = init.sampling
+    parsed = parse(RECIPE, argv)
+    parsed.print_notes()
+    run_cfg: EvalRun = parsed.section("run")
+    models_cfg: EvalModels = parsed.section("eval")
+    data: EvalData = parsed.section("data")
+    sampling: Sampling = parsed.section("sampling")
     models = parse_models(models_cfg.models)
     base = models_cfg.base_model or next(iter(models))
     if base not in models:
@@ -216,13 +217,13 @@ def run(argv: list[str] | None = None) -> dict:
         options = dict(quantization=models_cfg.quantization, compute_dtype=models_cfg.compute_dtype, device=device)
         return load_model_spec(models[name], **options)
 
-    benchmarks = _load_problems(data)
+    benchmarks = load_eval_problems(data)
     problems = [ex for examples in benchmarks.values() for ex in examples]
     reward_fn = get_reward(sampling.reward)
     samples_path = run_dir / "samples.jsonl"
     samples = read_samples(samples_path, repair=True)
     _check_settings(run_dir, models, data, sampling, sampled={s.model for s in samples}, regrade=run_cfg.regrade)
-    config_path = save_config(parser, cfg, run_dir)
+    config_path = parsed.save(run_dir)
     print(f"[reprokit] run directory {run_dir} (config saved to {config_path})")
     print(
         f"[reprokit] {len(problems)} problems ({', '.join(f'{b}: {len(e)}' for b, e in benchmarks.items())}), "
@@ -331,52 +332,8 @@ def run(argv: list[str] | None = None) -> dict:
     return summary
 
 
-# ---------------------------------------------------------------------------------------------- command line
-def _short_flags() -> dict[str, tuple[str, type]]:
-    """--field -> (--section.field, type) for every option, so the issue's `--models a=b c=d` form works."""
-    table = {}
-    for section, cls in [("run", EvalRun), *SECTIONS.items()]:
-        for f in fields(cls):
-            if f.name in ("run_dir", "seed", "path", "name"):  # run_dir/seed: common.parse; path/name: too vague
-                continue
-            table[f"--{f.name}"] = (f"--{section}.{f.name}", f.type)
-    return table
-
-
-def _expand_short_flags(argv: list[str]) -> list[str]:
-    """`--models a=b c=d` -> `--eval.models=["a=b","c=d"]`; a bare bool flag (`--regrade`) means true."""
-    table = _short_flags()
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        flag, eq, value = arg.partition("=")
-        if flag not in table:
-            out.append(arg)
-            i += 1
-            continue
-        full, kind = table[flag]
-        if eq:
-            out.append(f"{full}={value}")
-            i += 1
-            continue
-        values = []
-        j = i + 1
-        while j < len(argv) and not argv[j].startswith("--"):
-            values.append(argv[j])
-            j += 1
-        if "list[" in str(kind) and not (len(values) == 1 and values[0].lstrip().startswith("[")):
-            out.append(f"{full}={json.dumps(values)}")
-        elif kind in (bool, "bool") and not values:
-            out.extend([full, "true"])
-        else:
-            out.extend([full, *values])
-        i = j
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- problems and settings
-def _load_problems(data: EvalData) -> dict[str, list[Example]]:
+def load_eval_problems(data: EvalData) -> dict[str, list[Example]]:
     """{benchmark: problems}; a data file becomes one more benchmark with ids "<name>/<id>"."""
     benchmarks = {name: load_benchmark(name, data.data_dir, data.limit) for name in data.benchmarks}
     if data.path:
@@ -501,19 +458,11 @@ def _perplexities(run_dir, samples, benchmarks, models, base, *, scorer, load, d
     cache_path = run_dir / "perplexity_samples.jsonl"
     scorer_id = f"{base}={models[base]}"
     cache: dict[tuple[str, str, int], float | None] = {}
-    if cache_path.is_file():
-        text = cache_path.read_text()
-        if not text.endswith("\n") and text:
-            # A line cut off by a kill: drop it so that appends start on a fresh line.
-            text = text[: text.rfind("\n") + 1]
-            cache_path.write_text(text)
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut off by a kill: that response is scored again
-            if row.get("scorer") == scorer_id:
-                cache[(row["model"], row["problem_id"], row["sample_index"], row.get("text_crc"))] = row["ppl"]
+    # A line cut off by a kill is dropped (that response is scored again), so appends start on a fresh line.
+    for _, line in read_jsonl_lines(cache_path, repair=True):
+        row = json.loads(line)
+        if row.get("scorer") == scorer_id:
+            cache[(row["model"], row["problem_id"], row["sample_index"], row.get("text_crc"))] = row["ppl"]
     wanted: list[Sample] = [
         s for s in samples
         if s.model in models and s.sample_index < min(sampling.ppl_samples, sampling.n)

@@ -29,16 +29,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-set_parsing_settings(docstring_parse_attribute_docstrings=True)
-
-RECIPE = "select_examples"
+from reprokit import plots
+from reprokit.cli import Recipe, parse
 
 
 @dataclass
@@ -78,13 +76,15 @@ class RankedExample:
     score: float
 
 
+RECIPE = Recipe(
+    name="select_examples", description=__doc__.split("\n\n")[0], sections={"": SelectOptions}, run_dir_key="run_dir",
+    registry_sections=False,
+)
+
+
 def main(argv: list[str] | None = None) -> list[RankedExample]:
     """Run from the command line; returns the full ranking."""
-    parser = ArgumentParser(prog=f"python -m reprokit.recipes.{RECIPE}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_class_arguments(SelectOptions, as_group=True)
-    cfg = parser.parse_args(argv)
-    opts = SelectOptions(**{f.name: cfg[f.name] for f in fields(SelectOptions)})
+    opts: SelectOptions = parse(RECIPE, argv).section("")
 
     history = read_accuracy_file(opts.acc_file)
     ranking = rank_examples(history, ties=opts.ties)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> list[RankedExample]:
     print(f"[reprokit] ranked {len(ranking)} examples of {opts.acc_file} by the variance of their training accuracy")
     _print_top(ranking, history, opts.show)
     if opts.plot_top > 0:
-        png = plot_ranking(ranking[: opts.plot_top], run_dir / "ranking.png")
+        png = plots.ranking(ranking[: opts.plot_top], run_dir / "ranking.png")
         print(f"[reprokit] plot: {png}")
     print(f"[reprokit] ranking: {csv_path}")
     if opts.data is not None:
@@ -198,23 +198,6 @@ def _print_top(ranking: list[RankedExample], history: dict[str, list[float]], sh
     for row in ranking[:show]:
         values = history[row.index]
         print(f"{row.rank:>5}  {row.index:>8}  {row.score:>8.5f}  {np.mean(values):>8.3f}  {len(values)}")
-
-
-def plot_ranking(top: list[RankedExample], path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(6.0, 0.4 * len(top)), 3.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    labels = [f"π{row.rank}\n{row.index}" for row in top]
-    ax.bar(range(len(top)), [row.score for row in top], color="tab:blue")
-    ax.set_xticks(range(len(top)), labels, fontsize=7)
-    ax.set_xlabel("rank (π_j) and example index")
-    ax.set_ylabel("variance of training accuracy")
-    ax.set_title(f"Top {len(top)} examples by historical variance score")
-    fig.savefig(path, dpi=120)
-    return path
 
 
 if __name__ == "__main__":

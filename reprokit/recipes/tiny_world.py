@@ -1,7 +1,7 @@
 """The CPU-world study: base-vs-RL pass@k, 1-shot RLVR, forking tokens and distillation in minutes on CPU.
 
 What it reproduces, on the arithmetic-chain world of `reprokit.worlds` (a base model pretrained from scratch
-on a noisy teacher's solutions, see `reprokit/worlds/arith.py`) with the kit's own GRPO code:
+on a noisy teacher's solutions, see `reprokit/worlds/task.py and teacher.py`) with the kit's own GRPO code:
 - pass@k (Yue et al. 2025): does RL raise pass@1 while pass@k at large k stays level or falls?
 - 1-shot RLVR (Wang et al. 2025): GRPO on ONE train example, chosen by the variance rule (the example whose
   training accuracy varied most during the full-data GRPO run), evaluated on the whole test split.
@@ -35,22 +35,31 @@ import lightning as L
 import numpy as np
 import torch
 
-from reprokit.algorithms import focal_threshold, token_logprobs_and_entropy
+from reprokit import plots
+from reprokit.algorithms import focal_threshold, response_logprobs
+from reprokit.cli import Recipe, parse
 from reprokit.data import Example, MathDataModule, OneShotDataModule
-from reprokit.grpo_module import GRPOConfig, GRPOModule
-from reprokit.lm import CausalLMModule, SFTDataModule
 from reprokit.metrics import TokenEntropy
 from reprokit.metrics.functional import accuracy_histogram, powers_of_two, solved_set_overlap
-from reprokit.models import ModelConfig, eos_token_ids, load_policy
-from reprokit.recipes.common import PRESETS_DIR, RunConfig, build_trainer
+from reprokit.policy import ModelConfig, eos_token_ids, load_policy
 from reprokit.sampling import generate
-from reprokit.worlds import PROMPT_FORMAT, WorldConfig, export_splits, make_splits, max_response_chars, solution_pairs
-from reprokit.worlds.pretrain import evaluate_pass_at_k, pretrain_base
+from reprokit.training.grpo import GRPOConfig, GRPOModule
+from reprokit.training.sft import CausalLMModule, SFTDataModule
+from reprokit.training.trainer import RunConfig, build_trainer
+from reprokit.worlds import (
+    PROMPT_FORMAT,
+    BaseConfig,
+    WorldConfig,
+    evaluate_pass_at_k,
+    export_splits,
+    make_splits,
+    max_response_chars,
+    pretrain_base,
+    solution_pairs,
+)
 
-RECIPE = "tiny_world"
-WORLD_REWARD = "reprokit.worlds.arith:reward"
+WORLD_REWARD = "world"
 MODELS = ("base", "grpo", "one_shot", "focal", "distill")
-QUICK_PRESET = PRESETS_DIR / RECIPE / "quick.yaml"
 
 
 @dataclass
@@ -97,42 +106,36 @@ class StudyConfig:
     """Responses per test problem scored for token-entropy statistics."""
 
 
+RECIPE = Recipe(
+    name="tiny_world",
+    description=__doc__.split("\n\n")[0],
+    sections={"study": StudyConfig},
+    run_dir_key="study.run_dir",
+    aliases={"--quick": ["--preset", "quick"]},
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Run the study from the command line; returns findings.json's content."""
-    import sys
+    """Run the study from the command line; returns findings.json's content.
 
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(prog=f"python -m reprokit.recipes.{RECIPE}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with study: and world: sections")
-    parser.add_argument("--quick", action="store_true", help=f"the ~5-minute version for CI: {QUICK_PRESET}, later flags override it")
-    parser.add_class_arguments(StudyConfig, "study", as_group=True)
-    parser.add_class_arguments(WorldConfig, "world", as_group=True)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # --run_dir is short for --study.run_dir, as in the other recipes.
-    argv = [a.replace("--run_dir", "--study.run_dir", 1) if a.split("=")[0] == "--run_dir" else a for a in argv]
-    if "--quick" in argv:
-        # The quick budget is a preset, so any flag given after it still wins.
-        argv = ["--config", str(QUICK_PRESET)] + [a for a in argv if a != "--quick"]
-    cfg = parser.parse_args(argv)
-    init = parser.instantiate(cfg)
-    study: StudyConfig = init.study
+    ``--quick`` is the ~5-minute version for CI (the ``quick`` preset); later flags override it.
+    """
+    parsed = parse(RECIPE, argv)
+    parsed.print_notes()
+    study: StudyConfig = parsed.section("study")
     run_dir = Path(study.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean = cfg.clone()
-    del clean["config"], clean["quick"]
-    (run_dir / "config.yaml").write_text(parser.dump(clean, skip_unset=False))
-    return run_study(study, init.world, run_dir)
+    parsed.save(run_dir)
+    return run_study(study, parsed.section("world"), run_dir, parsed.section("world_base"))
 
 
-def run_study(study: StudyConfig, world: WorldConfig, run_dir: Path) -> dict:
+def run_study(study: StudyConfig, world: WorldConfig, run_dir: Path, base: BaseConfig | None = None) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     if study.base_model:
         base_path = Path(study.base_model)
         world = _saved_world(base_path, world)
     else:
-        base_path = pretrain_base(world, study.cache_dir)
+        base_path = pretrain_base(world, study.cache_dir, base=base)
     print(f"[reprokit] base model: {base_path}")
     paths = export_splits(world, run_dir / "data")
     splits = make_splits(world)
@@ -321,10 +324,10 @@ def _entropy_stats(model, tokenizer, problems, study: StudyConfig, world: WorldC
     )
     sequences = torch.cat([comps.prompt_ids, comps.completion_ids], 1)  # [N, L+T]
     attention = torch.cat([comps.prompt_mask, comps.completion_mask], 1)  # [N, L+T]
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [N, L+T]
-    hidden = model.get_decoder()(input_ids=sequences, attention_mask=attention, position_ids=position_ids).last_hidden_state
-    hidden = hidden[:, comps.prompt_ids.shape[1] - 1 : -1]  # [N, T, H]
-    _, entropy = token_logprobs_and_entropy(hidden, model.get_output_embeddings(), comps.completion_ids, temperature=study.temperature)
+    _, entropy = response_logprobs(
+        model, sequences, attention, comps.completion_ids, first=comps.prompt_ids.shape[1] - 1,
+        temperature=study.temperature,
+    )  # [N, T]
     metric = TokenEntropy()
     metric.update(entropy, comps.completion_mask)
     stats = {k: float(v) for k, v in metric.compute().items()}
@@ -338,51 +341,17 @@ def _entropy_stats(model, tokenizer, problems, study: StudyConfig, world: WorldC
 
 # ------------------------------------------------------------------ report
 def _plot(findings: dict, run_dir: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, split in zip(axes, ("test", "hard")):
-        for name, curve in findings[split].items():
-            ks = [int(k) for k in curve]
-            ax.plot(ks, list(curve.values()), marker="o", ms=3, label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k")
-        ax.set_ylabel("pass@k")
-        ax.set_title(f"CPU world, {split} split")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "pass_at_k.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = list(findings["entropy"])
-    ax.bar(names, [findings["entropy"][n]["mean"] for n in names], label="mean")
-    ax.bar(names, [findings["entropy"][n]["p80"] for n in names], alpha=0.5, label="80th percentile")
-    ax.set_ylabel("token entropy (nats)")
-    ax.set_title("Token entropy of each model's own responses")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "entropy_histogram.png", dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, split in zip(axes, ("test", "hard")):
-        hist = findings["accuracy_histogram"][split]
-        bins = list(next(iter(hist.values())))
-        width = 0.8 / len(hist)
-        for i, (name, counts) in enumerate(hist.items()):
-            ax.bar(np.arange(len(bins)) + i * width, [counts[b] for b in bins], width, label=name)
-        ax.set_xticks(np.arange(len(bins)) + 0.4 - width / 2, bins, rotation=45, fontsize=7)
-        ax.set_ylabel("problems")
-        ax.set_title(f"Per-problem accuracy, {split} split")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "accuracy_histograms.png", dpi=120)
-    plt.close(fig)
+    splits = ("test", "hard")
+    plots.pass_at_k_curves({f"CPU world, {split} split": findings[split] for split in splits}, run_dir / "pass_at_k.png")
+    entropy = {name: {"mean": e["mean"], "80th percentile": e["p80"]} for name, e in findings["entropy"].items()}
+    plots.bar_chart(
+        {"Token entropy of each model's own responses": entropy}, run_dir / "entropy_histogram.png",
+        ylabel="token entropy (nats)",
+    )
+    plots.accuracy_histograms(
+        {f"Per-problem accuracy, {split} split": findings["accuracy_histogram"][split] for split in splits},
+        run_dir / "accuracy_histograms.png",
+    )
 
 
 def _print_table(findings: dict, run_dir: Path):

@@ -2,15 +2,16 @@
 
 A reward gets one completion and one label per rollout, plus the dataset row's other fields as
 keyword arguments (which it may ignore). ``get_reward`` turns a config value into such a function:
-a built-in name from ``REWARDS``, an import path ``"package.module:function"`` for your own, or a
-callable. Built-ins are added by registering them in ``REWARDS``.
+a built-in name from ``REWARDS``, a name of :mod:`reprokit.registry` (``"world"``: the CPU world's grader), an
+import path ``"package.module:function"`` for your own, or a callable. Built-ins are added by registering them
+in ``REWARDS``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
-from reprokit.registry import import_object
+from reprokit import registry
 from reprokit.rewards.choice import choice_reward, numeric_reward
 from reprokit.rewards.math import extract_boxed, is_equivalent, math_reward
 
@@ -20,11 +21,21 @@ RewardFn = Callable[..., list[float]]
 REWARDS: dict[str, RewardFn] = {"math": math_reward, "choice": choice_reward, "numeric": numeric_reward}
 """Built-in rewards by name."""
 
-__all__ = ["REWARDS", "RewardFn", "extract_boxed", "get_reward", "is_equivalent", "math_reward"]
+__all__ = ["REWARDS", "RewardFn", "extract_boxed", "get_reward", "is_equivalent", "math_reward", "reward_keywords"]
+
+
+def reward_keywords(rows: Sequence[Mapping], repeat: int | Sequence[int]) -> dict[str, list]:
+    """Dataset-row fields as reward keyword lists aligned with the completions: row i repeated ``repeat`` (or
+    ``repeat[i]``) times. The ``answer`` field is left out: the label travels as the ``answers`` argument."""
+    counts = [repeat] * len(rows) if isinstance(repeat, int) else list(repeat)
+    keys = sorted(set().union(*(r.keys() for r in rows))) if rows else []
+    out = {k: [r.get(k) for r, times in zip(rows, counts) for _ in range(times)] for k in keys}
+    out.pop("answer", None)
+    return out
 
 
 def _how_to(spec: object) -> str:
-    names = ", ".join(repr(name) for name in sorted(REWARDS))
+    names = ", ".join(repr(name) for name in sorted({*REWARDS, *registry.names("reward")}))
     return (
         f"reward {spec!r}: write one of the built-in names ({names}) or an import path "
         "'package.module:function' to a function (completions, answers, **row_fields) -> list[float]"
@@ -34,9 +45,9 @@ def _how_to(spec: object) -> str:
 def get_reward(spec: str | RewardFn) -> RewardFn:
     """The reward function that ``spec`` names.
 
-    ``"math"`` (or another key of ``REWARDS``), ``"package.module:function"`` (imported; the
-    attribute may be dotted, ``"module:Class.method"``), or a callable, returned unchanged.
-    Anything else raises ValueError naming the spec and what to write instead.
+    ``"math"`` (or another key of ``REWARDS``), a name registered in :mod:`reprokit.registry` (``"world"``),
+    ``"package.module:function"`` (imported; the attribute may be dotted, ``"module:Class.method"``), or a
+    callable, returned unchanged. Anything else raises ValueError naming the spec and what to write instead.
     """
     if callable(spec):
         return spec
@@ -45,10 +56,13 @@ def get_reward(spec: str | RewardFn) -> RewardFn:
     name = spec.strip()
     if name in REWARDS:
         return REWARDS[name]
-    if ":" not in name:
+    if name in registry.RENAMED:
+        raise ValueError(f"reward {name!r} has been renamed: write {registry.RENAMED[name]!r}")
+    target = registry.lookup("reward", name)
+    if target is None and ":" not in name:
         raise ValueError(f"unknown {_how_to(spec)}")
     try:
-        obj = import_object(name, what="reward")
+        obj = registry.import_object(target or name, what="reward")
     except ValueError as exc:
         raise ValueError(f"{exc}; {_how_to(spec)}") from None
     if not callable(obj):

@@ -1,41 +1,45 @@
-"""Synthetic worlds: task families with verifiable answers plus a tiny base model pretrained on them on CPU.
+"""CPU worlds: a task family with verifiable answers, writers of a pretraining corpus, and a tiny base model
+pretrained on it from scratch on CPU; a client of the kit, reached through names of :mod:`reprokit.registry`.
 
-The arithmetic-chain world (:mod:`reprokit.worlds.arith`) is the CPU stand-in for "a base model and a
-math benchmark": ``pretrain_base(WorldConfig())`` returns a folder with a base model that solves the
-test split at low pass@1 and high pass@k, JSONL splits for the kit's readers and ``base_metrics.json``.
+``pretrain_base(WorldConfig())`` returns a folder with a base model that solves the test split at low pass@1
+and high pass@k, JSONL splits for the kit's readers and ``base_metrics.json``. The modules: what defines a
+world (:mod:`~reprokit.worlds.config`), the task (:mod:`~reprokit.worlds.task`), who writes solutions
+(:mod:`~reprokit.worlds.teacher`), the base model (:mod:`~reprokit.worlds.base`) and the registered names
+(:mod:`~reprokit.worlds.names`).
 """
 
-from reprokit.worlds.arith import (
-    EOS_TOKEN,
-    PROMPT_FORMAT,
-    PROMPT_SEPARATOR,
-    PROMPT_TEMPLATE,
-    STYLES,
-    Problem,
-    Splits,
-    WorldConfig,
-    alphabet,
-    build_corpus,
-    build_tokenizer,
-    config_hash,
-    export_splits,
-    grade,
-    make_splits,
-    max_response_chars,
-    parse_question,
-    render_prompt,
-    reward,
-    solution_pairs,
-    teacher_error_rates,
-    write_solution,
-)
-from reprokit.worlds.pretrain import (
+from reprokit.worlds.base import (
     build_model,
     default_cache_dir,
     evaluate_pass_at_k,
     load_base,
     load_world_config,
     pretrain_base,
+)
+from reprokit.worlds.config import BaseConfig, WorldConfig, config_hash
+from reprokit.worlds.task import (
+    EOS_TOKEN,
+    PROMPT_FORMAT,
+    PROMPT_SEPARATOR,
+    PROMPT_TEMPLATE,
+    Problem,
+    Splits,
+    alphabet,
+    build_tokenizer,
+    export_splits,
+    grade,
+    make_splits,
+    parse_question,
+    render_prompt,
+    reward,
+)
+from reprokit.worlds.teacher import (
+    STYLES,
+    build_corpus,
+    max_response_chars,
+    solution_pairs,
+    teacher_error_rates,
+    write_solution,
 )
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "PROMPT_SEPARATOR",
     "PROMPT_TEMPLATE",
     "STYLES",
+    "BaseConfig",
     "Problem",
     "Splits",
     "WorldConfig",

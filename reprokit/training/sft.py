@@ -3,14 +3,12 @@
 ``SFTDataModule`` turns (prompt, response) pairs into right-padded batches whose labels are -100 on
 prompt and padding positions; ``CausalLMModule`` trains any transformers causal LM on them (full
 fine-tuning, or a peft LoRA model whose frozen weights stay out of the optimizer).
-``sample_completions`` samples with HF ``generate`` (left padding, stop at EOS) for evaluation.
 Nothing here knows about a particular task: the CPU world and the distillation recipe both use it.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-__all__ = ["CausalLMModule", "SFTDataModule", "masked_lm_loss", "read_pairs", "sample_completions"]
+from reprokit.algorithms.schedules import LRSchedule
+
+__all__ = ["CausalLMModule", "SFTDataModule", "masked_lm_loss", "read_pairs"]
 
 IGNORE_INDEX = -100
 LR_SCHEDULES = ("cosine", "constant")
@@ -251,64 +251,7 @@ class CausalLMModule(L.LightningModule):
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, betas=tuple(hp.betas))
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
-        warmup, floor, schedule = hp.warmup_steps, hp.min_lr_ratio, hp.lr_schedule
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if schedule == "constant":
-                return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        floor = hp.min_lr_ratio if hp.lr_schedule == "cosine" else 0.0
+        schedule = LRSchedule(hp.lr_schedule, warmup=hp.warmup_steps, total=total, floor=floor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-# ---------------------------------------------------------------------------------------------- sampling
-
-
-@torch.no_grad()
-def sample_completions(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    n: int = 1,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    batch_size: int = 64,
-    seed: int | None = None,
-) -> list[list[str]]:
-    """``n`` completions per prompt with HF ``generate``: left padding, stop at EOS, EOS not included.
-
-    ``temperature=0`` decodes greedily. ``seed`` makes the draw reproducible without touching the
-    caller's global RNG. Returns one list of ``n`` strings per prompt, in prompt order.
-    """
-    flat = [p for p in prompts for _ in range(n)]
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
-    was_training = model.training
-    model.eval()
-    texts: list[str] = []
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for i in range(0, len(flat), batch_size):
-            enc = tokenizer(flat[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-            out = model.generate(
-                input_ids=enc["input_ids"].to(device),  # [b, P]
-                attention_mask=enc["attention_mask"].to(device),  # [b, P]
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-                **sampling,
-            )
-            for row in out[:, enc["input_ids"].shape[1] :].tolist():  # [b, <= max_new_tokens]
-                if eos_id in row:
-                    row = row[: row.index(eos_id)]
-                texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    model.train(was_training)
-    return [texts[j * n : (j + 1) * n] for j in range(len(prompts))]

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from reprokit.models import load_trainable_state_dict, trainable_state_dict
+from reprokit.policy import load_trainable_state_dict, trainable_state_dict
 
 __all__ = ["adapter_state_dict", "load_adapter_state_dict", "restore_rng_state", "rng_state"]
 

@@ -1,8 +1,10 @@
-"""The arithmetic world's base model: built from a config, pretrained on CPU, cached by config hash.
+"""The world's base model: built from a :class:`~reprokit.worlds.config.BaseConfig`, pretrained on CPU from
+scratch on the writers' corpus, cached by config hash, and measured (pass@k on the test split and hard slice).
 
-``pretrain_base(cfg)`` trains a small Llama-architecture model (same module names as the kit's Qwen2.5
-base models, so LoRA targets carry over) from random init on the noisy-teacher corpus, saves it with its tokenizer under ``<cache_dir>/<config hash>/`` and measures pass@k on the
-test split and the hard slice. Later calls with an equal config only return the path.
+``pretrain_base(world, base)`` trains a small Llama-architecture model (same module names as the kit's Qwen2.5
+base models, so LoRA targets carry over) from random init, saves it with its tokenizer under
+``<cache_dir>/<config hash>/`` and measures pass@k on the test split and the hard slice. Later calls with equal
+configs only return the path.
 """
 
 from __future__ import annotations
@@ -17,20 +19,19 @@ from typing import Any
 
 import torch
 
-from reprokit.lm import CausalLMModule, SFTDataModule, sample_completions
-from reprokit.worlds.arith import (
+from reprokit.metrics.functional import pass_at_k, powers_of_two
+from reprokit.training.sft import CausalLMModule, SFTDataModule
+from reprokit.worlds.config import BaseConfig, WorldConfig, config_hash
+from reprokit.worlds.task import (
     Problem,
-    WorldConfig,
-    build_corpus,
     build_tokenizer,
-    config_hash,
     export_splits,
     grade,
     make_splits,
-    max_response_chars,
     parse_question,
     render_prompt,
 )
+from reprokit.worlds.teacher import build_corpus, max_response_chars
 
 __all__ = [
     "build_model",
@@ -38,7 +39,6 @@ __all__ = [
     "evaluate_pass_at_k",
     "load_base",
     "load_world_config",
-    "pass_at_k",
     "pretrain_base",
 ]
 
@@ -47,21 +47,6 @@ def default_cache_dir() -> Path:
     """``$REPROKIT_CACHE/worlds`` if set, else ``~/.cache/reprokit/worlds``."""
     root = os.environ.get("REPROKIT_CACHE")
     return Path(root) / "worlds" if root else Path.home() / ".cache" / "reprokit" / "worlds"
-
-
-def _local_pass_at_k(n: int, c: int, k: int) -> float:
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
-
-
-try:
-    from reprokit.metrics.functional import pass_at_k
-except ImportError:  # the metrics package is optional for the world
-    pass_at_k = _local_pass_at_k
 
 
 def _idle_cores() -> int:
@@ -87,8 +72,8 @@ def _idle_cores() -> int:
     return max(1, cores - busy)
 
 
-def build_model(cfg: WorldConfig, tokenizer: Any):
-    """A randomly initialised Llama causal LM sized by ``cfg`` (seeded by ``cfg.seed``).
+def build_model(base: BaseConfig, tokenizer: Any, seed: int = 0):
+    """A randomly initialised Llama causal LM sized by ``base`` (seeded by ``seed``, the world's).
 
     Llama rather than Qwen2: for a folder whose config says ``qwen2``, ``AutoTokenizer`` replaces the
     saved character tokenizer with ``Qwen2Tokenizer``, which silently drops the newline character.
@@ -97,11 +82,11 @@ def build_model(cfg: WorldConfig, tokenizer: Any):
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
+        hidden_size=base.hidden_size,
+        num_hidden_layers=base.num_layers,
+        num_attention_heads=base.num_heads,
+        num_key_value_heads=base.num_heads,
+        intermediate_size=base.intermediate_size,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=None,
@@ -109,7 +94,7 @@ def build_model(cfg: WorldConfig, tokenizer: Any):
         pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         return LlamaForCausalLM(config)
 
 
@@ -122,9 +107,10 @@ def load_base(path: str | Path):
     return model, PreTrainedTokenizerFast.from_pretrained(path)
 
 
-def load_world_config(path: str | Path) -> WorldConfig:
-    """The :class:`WorldConfig` a base-model folder was built from (its ``world.json``)."""
-    return WorldConfig.from_dict(json.loads((Path(path) / "world.json").read_text()))
+def load_world_config(path: str | Path) -> tuple[WorldConfig, BaseConfig]:
+    """The configs a base-model folder was built from (its ``world.json``)."""
+    values = json.loads((Path(path) / "world.json").read_text())
+    return WorldConfig.from_dict(values), BaseConfig.from_dict(values)
 
 
 def evaluate_pass_at_k(
@@ -147,23 +133,27 @@ def evaluate_pass_at_k(
     "num_correct": [c per problem], "ids": [...], "steps": [...]}``; ks above n are left out.
     ``problems`` may be any objects with ``question`` and ``answer`` (``id``/``steps`` if present).
     ``max_new_tokens`` defaults to the longest solution of the longest problem (values below ``modulus``,
-    default 10) plus a margin, so a model that never stops is cut off soon after.
+    default 10) plus a margin, so a model that never stops is cut off soon after. Sampling goes through the kit's
+    decode loop (:func:`reprokit.sampling.generate`) with a generator seeded by ``seed``.
     """
+    from reprokit.sampling import generate, seeded_generator
+
     if max_new_tokens is None:
         longest = max(len(parse_question(p.question)[1]) for p in problems)
         max_new_tokens = max_response_chars(longest, 10 if modulus is None else modulus) + 8
-    completions = sample_completions(
-        model,
-        tokenizer,
-        [render_prompt(p.question) for p in problems],
-        n=n,
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        seed=seed,
-    )
-    correct = [int(sum(grade(c, p.answer) for c in comps)) for p, comps in zip(problems, completions)]
+    device = next(model.parameters()).device
+    prompts_per_call = max(1, batch_size // n)
+    correct: list[int] = []
+    for begin in range(0, len(problems), prompts_per_call):
+        chunk = problems[begin : begin + prompts_per_call]
+        enc = tokenizer([render_prompt(p.question) for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        comps = generate(
+            model, tokenizer, enc["input_ids"].to(device), enc["attention_mask"].to(device), n=n,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            generator=seeded_generator(device, seed, "world-pass@k", begin),
+        )
+        for i, p in enumerate(chunk):
+            correct.append(int(sum(grade(c, p.answer) for c in comps.texts[i * n : (i + 1) * n])))
     out: dict = {}
     for k in ks:
         if k <= n:
@@ -180,23 +170,19 @@ def evaluate_pass_at_k(
     return out
 
 
-def _powers_of_two(n: int) -> list[int]:
-    ks, k = [], 1
-    while k <= n:
-        ks.append(k)
-        k *= 2
-    return ks
-
-
 def pretrain_base(
-    cfg: WorldConfig, cache_dir: str | Path | None = None, progress: bool = True, threads: int | None = None
+    cfg: WorldConfig,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+    base: BaseConfig | None = None,
 ) -> Path:
     """Pretrain the world's base model (or reuse the cached one) and return its folder.
 
-    The folder ``<cache_dir>/<config_hash(cfg)>/`` holds the model and tokenizer (``save_pretrained``;
+    The folder ``<cache_dir>/<config_hash(cfg, base)>/`` holds the model and tokenizer (``save_pretrained``;
     load with :func:`load_base`), ``world.json`` (the config), ``base_metrics.json`` (parameter count,
     training time, tokens/s, pass@k on test and hard, correct samples per problem out of
-    ``cfg.eval_samples``), ``train/test/hard.jsonl`` and the TensorBoard
+    ``base.eval_samples``), ``train/test/hard.jsonl`` and the TensorBoard
     logs. It appears only once complete, so an interrupted run leaves no half-written cache.
     ``threads`` sets ``torch.set_num_threads``; by default it is the number of cores this process may
     use minus those other jobs are using (at least 1), because on a machine shared with other jobs
@@ -206,8 +192,9 @@ def pretrain_base(
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    base = base or BaseConfig()
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    out = cache_dir / config_hash(cfg)
+    out = cache_dir / config_hash(cfg, base)
     if (out / "base_metrics.json").is_file():
         print(f"[reprokit.worlds] base model cached at {out}")
         return out
@@ -222,15 +209,15 @@ def pretrain_base(
     splits = make_splits(cfg)
     corpus = build_corpus(cfg, splits)
     tokenizer = build_tokenizer(cfg)
-    model = build_model(cfg, tokenizer)
+    model = build_model(base, tokenizer, seed=cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     L.seed_everything(cfg.seed, verbose=False)
-    data = SFTDataModule(corpus, tokenizer, batch_size=cfg.batch_size, max_length=1024, seed=cfg.seed)
-    module = CausalLMModule(model, lr=cfg.lr, weight_decay=0.1, warmup_steps=cfg.warmup_steps, lr_schedule="cosine")
+    data = SFTDataModule(corpus, tokenizer, batch_size=base.batch_size, max_length=1024, seed=cfg.seed)
+    module = CausalLMModule(model, lr=base.lr, weight_decay=0.1, warmup_steps=base.warmup_steps, lr_schedule="cosine")
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        max_steps=cfg.pretrain_steps,
+        max_steps=base.pretrain_steps,
         logger=TensorBoardLogger(str(tmp), name="logs", version="pretrain"),
         default_root_dir=str(tmp),
         enable_checkpointing=False,
@@ -246,7 +233,7 @@ def pretrain_base(
 
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "world.json").write_text(json.dumps({"config_hash": out.name, **cfg.to_dict()}, indent=2) + "\n")
+    (tmp / "world.json").write_text(json.dumps({"config_hash": out.name, **cfg.to_dict(), **base.to_dict()}, indent=2) + "\n")
     export_splits(cfg, tmp, splits)
 
     # Measure what was saved, not the in-memory object, so base_metrics.json describes the cache.
@@ -259,17 +246,17 @@ def pretrain_base(
         "threads": threads,
         "final_train_loss": final_loss,
     }
-    ks = _powers_of_two(cfg.eval_samples)
+    ks = list(powers_of_two(base.eval_samples))
     for name, problems in (("test", splits.test), ("hard", splits.hard)):
         started = time.perf_counter()
         result = evaluate_pass_at_k(
-            model, tokenizer, problems, n=cfg.eval_samples, ks=ks, temperature=cfg.eval_temperature, seed=cfg.seed
+            model, tokenizer, problems, n=base.eval_samples, ks=ks, temperature=base.eval_temperature, seed=cfg.seed
         )
         metrics[name] = {k: v for k, v in result.items() if k.startswith("pass@")}
         metrics[name]["by_steps"] = _by_steps(result, ks)
         # Per-problem counts let later studies compare solved sets with the base without sampling it again.
         metrics[name]["num_correct"] = dict(zip(result["ids"], result["num_correct"]))
-        metrics[name]["n"] = cfg.eval_samples
+        metrics[name]["n"] = base.eval_samples
         metrics[name]["eval_seconds"] = round(time.perf_counter() - started, 1)
         print(f"[reprokit.worlds] base {name}: " + ", ".join(f"{k} {metrics[name][f'pass@{k}']:.3f}" for k in ks))
     (tmp / "base_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

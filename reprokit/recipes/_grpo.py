@@ -1,0 +1,105 @@
+"""What the GRPO recipes share: their command line, the policy, validation before and after training, the fit and
+the report. ``one_shot`` and ``focal_tokens`` differ only in their data section and training DataModule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from reprokit.cli import Recipe, gpu_preset, parse
+from reprokit.data import EvalDataModule, Validation
+from reprokit.policy import ModelConfig, load_policy
+from reprokit.training.grpo import GRPOConfig, GRPOModule
+from reprokit.training.trainer import RunConfig, build_trainer, last_checkpoint
+
+__all__ = ["grpo_recipe", "run_grpo_recipe"]
+
+
+def grpo_recipe(name: str, description: str, data_class: type) -> Recipe:
+    """The command line of a GRPO recipe: model, grpo, its data section, eval and run."""
+    return Recipe(
+        name=name,
+        description=description,
+        sections={"run": RunConfig, "model": ModelConfig, "grpo": GRPOConfig, "data": data_class, "eval": Validation},
+        resumable=True,
+        default_preset=gpu_preset,
+    )
+
+
+def run_grpo_recipe(
+    recipe: Recipe,
+    build_data: Callable[[Any, Any, int, Validation | None], L.LightningDataModule],
+    argv: list[str] | None = None,
+) -> tuple[dict, L.Trainer, GRPOModule]:
+    """Parse, build, validate, train, validate, report; returns (summary, trainer, module).
+
+    ``build_data(tokenizer, data, seed, validation)`` makes the recipe's training DataModule; ``validation`` is
+    the eval section when validation runs inside fit (``run.val_every``), else None.
+    """
+    parsed = parse(recipe, argv)
+    parsed.print_notes()
+    run: RunConfig = parsed.section("run")
+    run_dir = Path(run.run_dir)
+    config_path = parsed.save(run_dir)
+    print(f"[reprokit] run directory {run_dir} (config saved to {config_path})")
+    L.seed_everything(run.seed, workers=True, verbose=False)
+
+    model, tokenizer = load_policy(parsed.section("model"))
+    ev: Validation = parsed.section("eval")
+    data = parsed.section("data")
+    train_data = build_data(tokenizer, data, run.seed, ev if ev.benchmarks and run.val_every else None)
+    eval_dl = _eval_dataloader(ev, tokenizer, data)
+
+    grpo: GRPOConfig = parsed.section("grpo")
+    if grpo.accuracy_file is None:
+        grpo.accuracy_file = str(run_dir / "example_accuracy.json")
+    module = GRPOModule(model, tokenizer, grpo, run_dir=str(run_dir), seed=run.seed)
+    trainer = build_trainer(run, run_dir, val_every=run.val_every if eval_dl is not None else 0)
+    ckpt = last_checkpoint(run_dir) if parsed.resume else None
+    if parsed.resume and ckpt is None:
+        raise SystemExit(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+
+    before = _validate(trainer, module, eval_dl) if eval_dl is not None and ckpt is None else {}
+    trainer.fit(module, datamodule=train_data, ckpt_path=str(ckpt) if ckpt else None)
+    after = _validate(trainer, module, eval_dl) if eval_dl is not None else {}
+    summary = {"steps": trainer.global_step, "before": before, "after": after, "train": module.last_metrics}
+    if trainer.is_global_zero:
+        _report(run_dir, summary)
+    return summary, trainer, module
+
+
+def _eval_dataloader(ev: Validation, tokenizer, data):
+    if not ev.benchmarks:
+        return None
+    dm = EvalDataModule(
+        tokenizer,
+        benchmarks=ev.benchmarks,
+        data_dir=ev.data_dir,
+        limit=ev.limit,
+        batch_size=ev.batch_size,
+        template=data.template,
+        cot_suffix=data.cot_suffix,
+        max_prompt_length=data.max_prompt_length,
+    )
+    dm.setup("validate")
+    return dm.val_dataloader()
+
+
+def _validate(trainer: L.Trainer, module: GRPOModule, dataloader) -> dict[str, float]:
+    results = trainer.validate(module, dataloaders=dataloader, verbose=False)
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def _report(run_dir: Path, summary: dict):
+    print(f"[reprokit] finished {summary['steps']} steps")
+    for key in sorted(set(summary["before"]) | set(summary["after"])):
+        if "pass@1" in key:
+            b, a = summary["before"].get(key), summary["after"].get(key)
+            fmt = lambda v: "  n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            print(f"[reprokit] {key}: before {fmt(b)}  after {fmt(a)}")
+    print(f"[reprokit] TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    print(f"[reprokit] checkpoints: {run_dir / 'checkpoints'}")

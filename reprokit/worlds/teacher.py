@@ -1,0 +1,154 @@
+"""Who writes the world's solutions: the careful and sloppy writers of the pretraining corpus and the
+alternative teacher of distillation, all ending in ``\\boxed{answer}``.
+
+    careful      3+4=7            every step on its own line, always correct
+                 7*2=4
+                 4+7=1
+                 \\boxed{3741}
+    sloppy       same layout; the teacher has a fixed wrong result for every fact a<op>b and
+                 writes it with that fact's error rate (mean ``sloppy_error_rate``, uneven across
+                 facts); later steps continue from the wrong value, so the box is consistent
+                 with the written chain, and wrong
+    teacher_alt  3|+4*2+7         rewrite the problem: values so far | operations still to do;
+                 37|*2+7          each line reads the last value and the next operation right
+                 374|+7           beside the "|" (no look-up by position into the question) and
+                 3741|            copies the rest, so the same local rule solves chains of any
+                 \\boxed{3741}     length. Never in the pretraining corpus ("|" appears nowhere in it).
+
+The pretraining corpus mixes careful and sloppy solutions (``sloppy_fraction``) of problems drawn
+from ``min_steps..max_steps``; no question of the train, test or hard split is in it.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Iterable
+
+from reprokit.worlds.config import WorldConfig
+from reprokit.worlds.task import (
+    Problem,
+    Splits,
+    answer_text,
+    apply_op,
+    make_problem,
+    make_splits,
+    parse_question,
+    render_prompt,
+    running_values,
+    sample_chain,
+)
+
+__all__ = ["STYLES", "build_corpus", "max_response_chars", "solution_pairs", "teacher_error_rates", "write_solution"]
+
+STYLES = ("careful", "sloppy", "teacher_alt")
+
+
+def _wrong_digit(rng: random.Random, right: int, modulus: int) -> int:
+    wrong = rng.randrange(modulus - 1)
+    return wrong + (wrong >= right)
+
+
+@functools.lru_cache(maxsize=16)
+def _misconceptions(seed: int, modulus: int, operations: tuple[str, ...], rate: float, spread: float) -> dict:
+    """The sloppy teacher's fixed habits: {(a, op, b): (error rate, wrong result)} for every fact.
+
+    Rates are ``rate * w`` with one Gamma draw ``w`` per fact, rescaled so that w averages exactly 1 over
+    the table, then clipped to 1.
+    """
+    rng = random.Random(f"teacher-{seed}")
+    facts = [(a, op, b) for a in range(modulus) for op in operations for b in range(1, modulus)]
+    if spread > 0:
+        shape = 1.0 / spread**2
+        weights = [rng.gammavariate(shape, 1.0 / shape) for _ in facts]
+        mean = sum(weights) / len(weights)
+        weights = [w / mean for w in weights]
+    else:
+        weights = [1.0] * len(facts)
+    return {
+        f: (min(1.0, rate * w), _wrong_digit(rng, apply_op(f[0], f[1], f[2], modulus), modulus))
+        for f, w in zip(facts, weights)
+    }
+
+
+def teacher_error_rates(cfg: WorldConfig) -> dict[tuple[int, str, int], float]:
+    """The sloppy teacher's error rate for every fact (a, op, b) of the world."""
+    table = _misconceptions(cfg.seed, cfg.modulus, cfg.operations, cfg.sloppy_error_rate, cfg.sloppy_error_spread)
+    return {f: r for f, (r, _) in table.items()}
+
+
+def write_solution(problem: Problem | str, style: str, cfg: WorldConfig, rng: random.Random | None = None) -> str:
+    """The solution text (without the prompt, without EOS) of ``problem`` in ``style``.
+
+    careful: one line ``a<op>b=c`` per step, all correct, then ``\\boxed{answer}``; preceded by a line
+    ``cfg.careful_marker`` when that is set.
+    sloppy: the same, but the result of fact a<op>b is written as that fact's fixed wrong digit with
+    the fact's error rate (see ``WorldConfig.sloppy_error_spread``); later steps start from the
+    written (wrong) value and the box holds the values as written. Needs ``rng``.
+    teacher_alt: the rewriting strategy of the module docstring; always correct.
+    """
+    question = problem.question if isinstance(problem, Problem) else problem
+    start, ops = parse_question(question)
+    m = cfg.modulus
+    if style == "careful" or style == "sloppy":
+        if style == "sloppy" and rng is None:
+            raise ValueError("write_solution(style='sloppy') needs rng=random.Random(...)")
+        habits = _misconceptions(cfg.seed, m, cfg.operations, cfg.sloppy_error_rate, cfg.sloppy_error_spread)
+        values, lines = [start], [cfg.careful_marker] if style == "careful" and cfg.careful_marker else []
+        for op, x in ops:
+            result = apply_op(values[-1], op, x, m)
+            if style == "sloppy":
+                rate, wrong = habits[(values[-1], op, x)]
+                if rng.random() < rate:
+                    result = wrong
+            lines.append(f"{values[-1]}{op}{x}={result}")
+            values.append(result)
+    elif style == "teacher_alt":
+        values = running_values(start, ops, m)
+        rest = [f"{op}{x}" for op, x in ops]
+        lines = []
+        for i in range(len(ops) + 1):
+            done = values[: i + 1] if cfg.answer_format == "running" else values[i : i + 1]
+            lines.append("".join(map(str, done)) + "|" + "".join(rest[i:]))
+    else:
+        raise ValueError(f"unknown solution style {style!r}; use one of {STYLES}")
+    lines.append("\\boxed{" + answer_text(values, cfg.answer_format) + "}")
+    return "\n".join(lines)
+
+
+def solution_pairs(problems: Iterable[Problem], style: str, cfg: WorldConfig, seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, solution) pairs for SFT, e.g. distillation traces: ``style="teacher_alt"``."""
+    rng = random.Random(f"pairs-{seed}")
+    return [(render_prompt(p.question), write_solution(p, style, cfg, rng)) for p in problems]
+
+
+def build_corpus(cfg: WorldConfig, splits: Splits | None = None) -> list[tuple[str, str]]:
+    """The noisy-teacher pretraining corpus: ``cfg.corpus_size`` (prompt, solution) pairs.
+
+    Problems are drawn with replacement from min_steps..max_steps (step count uniform), skipping every
+    question of ``splits``; a fraction ``sloppy_fraction`` of solutions is sloppy, the rest careful.
+    """
+    splits = make_splits(cfg) if splits is None else splits
+    held_out = {p.question for _, ps in splits.items() for p in ps}
+    rng = random.Random(f"corpus-{cfg.seed}")
+    pairs = []
+    while len(pairs) < cfg.corpus_size:
+        start, ops = sample_chain(rng, rng.randint(cfg.min_steps, cfg.max_steps), cfg)
+        problem = make_problem("", start, ops, cfg)
+        if problem.question in held_out:
+            continue
+        style = "sloppy" if rng.random() < cfg.sloppy_fraction else "careful"
+        pairs.append((render_prompt(problem.question), write_solution(problem, style, cfg, rng)))
+    return pairs
+
+
+def max_response_chars(steps: int, modulus: int = 10) -> int:
+    """Length in characters (= tokens) of the longest solution any style writes for ``steps`` operations."""
+    s = steps
+    d = len(str(modulus - 1))
+    box = len("\\boxed{}") + (s + 1) * d
+    careful = s * (3 * d + 3) + box  # "a+b=c\n" per step
+    alt = sum((i + 1) * d + 1 + (s - i) * (d + 1) + 1 for i in range(s + 1)) + box  # "values|rest\n" per line
+    return max(careful, alt)
+
+
