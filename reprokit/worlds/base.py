@@ -34,13 +34,23 @@ from reprokit.worlds.task import (
 from reprokit.worlds.teacher import build_corpus, max_response_chars
 
 __all__ = [
+    "SHIPPED_DIR",
     "build_model",
     "default_cache_dir",
     "evaluate_pass_at_k",
     "load_base",
     "load_world_config",
     "pretrain_base",
+    "ship_bases",
+    "shipped_base",
 ]
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "bases"
+"""The pretrained bases of the study's worlds, one folder per world name (rebuilt by ``python -m reprokit.worlds.base``)."""
+_SHIPPED_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    "world.json", "base_metrics.json",
+)
 
 
 def default_cache_dir() -> Path:
@@ -177,7 +187,11 @@ def pretrain_base(
     threads: int | None = None,
     base: BaseConfig | None = None,
 ) -> Path:
-    """Pretrain the world's base model (or reuse the cached one) and return its folder.
+    """Pretrain the world's base model (or reuse the shipped or cached one) and return its folder.
+
+    The bases of the study's worlds (:data:`~reprokit.worlds.config.WORLDS`) ship inside the package
+    (:func:`shipped_base`), so they are used as they are unless ``cache_dir`` is given; any other config is
+    pretrained on first use.
 
     The folder ``<cache_dir>/<config_hash(cfg, base)>/`` holds the model and tokenizer (``save_pretrained``;
     load with :func:`load_base`), ``world.json`` (the config), ``base_metrics.json`` (parameter count,
@@ -193,6 +207,9 @@ def pretrain_base(
     from lightning.pytorch.loggers import TensorBoardLogger
 
     base = base or BaseConfig()
+    shipped = shipped_base(cfg, base)
+    if shipped is not None and cache_dir is None:
+        return shipped
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     out = cache_dir / config_hash(cfg, base)
     if (out / "base_metrics.json").is_file():
@@ -279,3 +296,39 @@ def _by_steps(result: dict, ks: Sequence[int]) -> dict:
         str(s): {f"pass@{k}": sum(pass_at_k(n, c, k) for c in cs) / len(cs) for k in (ks[0], ks[len(ks) // 2], ks[-1])}
         for s, cs in sorted(groups.items())
     }
+
+
+def shipped_base(cfg: WorldConfig, base: BaseConfig | None = None) -> Path | None:
+    """The folder of the shipped base pretrained from exactly these configs (same config hash), or None."""
+    want = config_hash(cfg, base)
+    for folder in sorted(SHIPPED_DIR.glob("*/")):
+        try:
+            saved = json.loads((folder / "world.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if saved.get("config_hash") == want and (folder / "base_metrics.json").is_file():
+            return folder
+    return None
+
+
+def ship_bases(names: Sequence[str] | None = None, *, cache_dir: str | Path | None = None, threads: int | None = None) -> list[Path]:
+    """Pretrain the bases of the named study worlds (all by default) and copy them into :data:`SHIPPED_DIR`."""
+    from reprokit.worlds.config import WORLDS
+
+    names = list(WORLDS) if not names else list(names)
+    unknown = [n for n in names if n not in WORLDS]
+    if unknown:
+        raise SystemExit(f"unknown world(s) {unknown}; the study's worlds are {', '.join(WORLDS)}")
+    out = []
+    for name in names:
+        built = pretrain_base(WORLDS[name], cache_dir or default_cache_dir(), threads=threads)
+        target = SHIPPED_DIR / name
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for file in _SHIPPED_FILES:
+            if (built / file).is_file():
+                shutil.copy2(built / file, target / file)
+        print(f"[reprokit.worlds] shipped {name} ({config_hash(WORLDS[name])}) to {target}")
+        out.append(target)
+    return out
+

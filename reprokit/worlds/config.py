@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-__all__ = ["ANSWER_FORMATS", "OPERATIONS", "WORLD_VERSION", "BaseConfig", "WorldConfig", "config_hash"]
+__all__ = ["ANSWER_FORMATS", "OPERATIONS", "WORLDS", "WORLD_VERSION", "BaseConfig", "WorldConfig", "config_hash"]
 
 OPERATIONS = ("+", "-", "*")
 ANSWER_FORMATS = ("running", "final")
@@ -65,6 +65,17 @@ class WorldConfig:
     """A line the careful teacher writes before its steps (e.g. "#"); sloppy solutions never have it. Empty
     (the default): careful and sloppy solutions look alike, and only the digits tell them apart. With a
     marker, "be careful" is a mode the base can be switched into by its first token."""
+    check_fraction: float = 0.0
+    """Share of the corpus written by a checking writer: its steps have the sloppy writer's errors, but after a
+    step it sometimes (check_rate) writes a check line, check_marker then the step recomputed, and continues
+    from the checked value. The careful writer gets 1 - sloppy_fraction - check_fraction."""
+    check_rate: float = 0.5
+    """Probability that the checking writer checks a step."""
+    check_marker: str = "~"
+    """The token that starts a check line."""
+    blind_spots: int = 0
+    """Facts a<op>b that every pretraining writer gets wrong, always with the same wrong result (drawn from the
+    seed); only the distillation teacher (style "teacher") writes them right."""
 
     def __post_init__(self) -> None:
         self.operations = tuple(self.operations)
@@ -94,10 +105,27 @@ class WorldConfig:
             )
         if self.sloppy_error_spread < 0:
             raise ValueError(f"WorldConfig.sloppy_error_spread={self.sloppy_error_spread}: must be >= 0")
-        if len(self.careful_marker) > 4 or any(c.isdigit() or c.isspace() or c in "\\{}" for c in self.careful_marker):
+        for name in ("careful_marker", "check_marker"):
+            marker = getattr(self, name)
+            if len(marker) > 4 or any(c.isdigit() or c.isspace() or c in "\\{}=+-*|" for c in marker):
+                raise ValueError(
+                    f"WorldConfig.{name}={marker!r}: use at most 4 characters, none of them a digit, a space or "
+                    "newline, a backslash, a brace, an operator, '=' or '|' (they would read as part of a step or "
+                    "the answer), e.g. '#' or '~'"
+                )
+        if not self.check_marker:
+            raise ValueError("WorldConfig.check_marker is empty: the checking writer needs a token, e.g. '~'")
+        if not 0.0 <= self.check_fraction <= 1.0 - self.sloppy_fraction + 1e-12:
             raise ValueError(
-                f"WorldConfig.careful_marker={self.careful_marker!r}: use at most 4 characters, none of them a digit, "
-                "a space or newline, a backslash or a brace (they would read as part of a step or the answer), e.g. '#'"
+                f"WorldConfig.check_fraction={self.check_fraction} with sloppy_fraction={self.sloppy_fraction}: the "
+                "writers' shares must add up to at most 1 (the careful writer gets the rest)"
+            )
+        if not 0.0 <= self.check_rate <= 1.0:
+            raise ValueError(f"WorldConfig.check_rate={self.check_rate}: a probability in [0, 1]")
+        if self.blind_spots < 0 or self.blind_spots > len(self.operations) * self.modulus * (self.modulus - 1) // 2:
+            raise ValueError(
+                f"WorldConfig.blind_spots={self.blind_spots}: between 0 and half the world's facts "
+                f"({len(self.operations) * self.modulus * (self.modulus - 1) // 2})"
             )
         for name in ("num_train", "num_test", "num_hard", "corpus_size"):
             if getattr(self, name) < 1:
@@ -157,10 +185,31 @@ class BaseConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+_ADDED_AFTER_VERSION_3 = {"careful_marker": "", "check_fraction": 0.0, "check_rate": 0.5, "check_marker": "~", "blind_spots": 0}
+
+WORLDS: dict[str, WorldConfig] = {
+    "control": WorldConfig(),
+    "mode-0.05": WorldConfig(careful_marker="#", sloppy_fraction=0.95),
+    "mode-0.1": WorldConfig(careful_marker="#", sloppy_fraction=0.9),
+    "mode-0.2": WorldConfig(careful_marker="#", sloppy_fraction=0.8),
+    "selfcheck": WorldConfig(sloppy_fraction=0.8, check_fraction=0.2),
+    "blindspot": WorldConfig(blind_spots=20),
+}
+"""The worlds of the CPU study, fixed before its runs (README, "What the CPU worlds show"):
+
+* control: 80% of the corpus by the sloppy writer (a fixed wrong result for some facts), 20% by the careful one,
+  unmarked: the base's errors are separate wrong facts, so one example exercises only a few of them;
+* mode-p: a share p of careful solutions marked by a first line "#", a mode chosen before the problem matters;
+* selfcheck: no careful writer; 20% by a writer that checks half its steps ("~" and the step recomputed);
+* blindspot: the control world with 20 facts that every writer gets wrong, always the same way.
+"""
+
+
 def config_hash(world: WorldConfig, base: BaseConfig | None = None) -> str:
     """A short stable name for a world and its base model (and the world code's version): the base's cache folder."""
     values = {**world.to_dict(), **(base or BaseConfig()).to_dict()}
-    if not values["careful_marker"]:  # added after version 3: off, it leaves the hash (and the cache) as it was
-        del values["careful_marker"]
+    for name, off in _ADDED_AFTER_VERSION_3.items():
+        if values[name] == off:  # off, a field added later leaves the hash (and the cache) as it was
+            del values[name]
     text = json.dumps({"version": WORLD_VERSION, **values}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -201,6 +201,8 @@ def alphabet(cfg: WorldConfig) -> list[str]:
     """Every character any question, prompt or solution style of this world can contain, sorted."""
     chars = set("0123456789"[: min(cfg.modulus, 10)] if cfg.modulus <= 10 else "0123456789")
     chars |= set(cfg.operations) | set("=|\n") | set("\\boxed{}") | set(PROMPT_SEPARATOR) | set(cfg.careful_marker)
+    if cfg.check_fraction:
+        chars |= set(cfg.check_marker)
     return sorted(chars)
 
 

@@ -39,9 +39,19 @@ from reprokit.worlds.task import (
     sample_chain,
 )
 
-__all__ = ["STYLES", "build_corpus", "max_response_chars", "solution_pairs", "teacher_error_rates", "write_solution"]
+__all__ = [
+    "PRETRAINING_STYLES",
+    "STYLES",
+    "blind_spot_facts",
+    "build_corpus",
+    "max_response_chars",
+    "solution_pairs",
+    "teacher_error_rates",
+    "write_solution",
+]
 
-STYLES = ("careful", "sloppy", "teacher_alt")
+STYLES = ("careful", "sloppy", "checking", "teacher", "teacher_alt")
+PRETRAINING_STYLES = ("careful", "sloppy", "checking")
 
 
 def _wrong_digit(rng: random.Random, right: int, modulus: int) -> int:
@@ -77,6 +87,21 @@ def teacher_error_rates(cfg: WorldConfig) -> dict[tuple[int, str, int], float]:
     return {f: r for f, (r, _) in table.items()}
 
 
+@functools.lru_cache(maxsize=16)
+def _blind_spots(seed: int, modulus: int, operations: tuple[str, ...], count: int) -> dict:
+    """{fact: its wrong result} for ``count`` facts drawn from the seed: every pretraining writer gets them wrong."""
+    if count == 0:
+        return {}
+    rng = random.Random(f"blind-spots-{seed}")
+    facts = [(a, op, b) for a in range(modulus) for op in operations for b in range(1, modulus)]
+    return {f: _wrong_digit(rng, apply_op(f[0], f[1], f[2], modulus), modulus) for f in sorted(rng.sample(facts, count))}
+
+
+def blind_spot_facts(cfg: WorldConfig) -> dict[tuple[int, str, int], int]:
+    """The world's blind spots: fact (a, op, b) -> the wrong result every pretraining writer writes."""
+    return dict(_blind_spots(cfg.seed, cfg.modulus, cfg.operations, cfg.blind_spots))
+
+
 def write_solution(problem: Problem | str, style: str, cfg: WorldConfig, rng: random.Random | None = None) -> str:
     """The solution text (without the prompt, without EOS) of ``problem`` in ``style``.
 
@@ -85,23 +110,34 @@ def write_solution(problem: Problem | str, style: str, cfg: WorldConfig, rng: ra
     sloppy: the same, but the result of fact a<op>b is written as that fact's fixed wrong digit with
     the fact's error rate (see ``WorldConfig.sloppy_error_spread``); later steps start from the
     written (wrong) value and the box holds the values as written. Needs ``rng``.
+    checking: the sloppy writer's steps, each followed with probability ``cfg.check_rate`` by a check line
+    ``cfg.check_marker`` + the step recomputed (right), the chain going on from the checked value. Needs ``rng``.
+    Every pretraining style above writes the world's blind-spot facts wrong (see ``WorldConfig.blind_spots``).
+    teacher: the careful layout with every fact right, blind spots included (the distillation teacher).
     teacher_alt: the rewriting strategy of the module docstring; always correct.
     """
     question = problem.question if isinstance(problem, Problem) else problem
     start, ops = parse_question(question)
     m = cfg.modulus
-    if style == "careful" or style == "sloppy":
-        if style == "sloppy" and rng is None:
-            raise ValueError("write_solution(style='sloppy') needs rng=random.Random(...)")
+    if style in ("careful", "sloppy", "checking", "teacher"):
+        if style in ("sloppy", "checking") and rng is None:
+            raise ValueError(f"write_solution(style={style!r}) needs rng=random.Random(...)")
         habits = _misconceptions(cfg.seed, m, cfg.operations, cfg.sloppy_error_rate, cfg.sloppy_error_spread)
-        values, lines = [start], [cfg.careful_marker] if style == "careful" and cfg.careful_marker else []
+        blind = {} if style == "teacher" else _blind_spots(cfg.seed, m, cfg.operations, cfg.blind_spots)
+        marked = style in ("careful", "teacher") and cfg.careful_marker
+        values, lines = [start], [cfg.careful_marker] if marked else []
         for op, x in ops:
-            result = apply_op(values[-1], op, x, m)
-            if style == "sloppy":
-                rate, wrong = habits[(values[-1], op, x)]
-                if rng.random() < rate:
+            fact = (values[-1], op, x)
+            right = blind.get(fact, apply_op(values[-1], op, x, m))
+            result = right
+            if style in ("sloppy", "checking"):
+                rate, wrong = habits[fact]
+                if fact not in blind and rng.random() < rate:
                     result = wrong
             lines.append(f"{values[-1]}{op}{x}={result}")
+            if style == "checking" and rng.random() < cfg.check_rate:
+                lines.append(f"{cfg.check_marker}{values[-1]}{op}{x}={right}")
+                result = right
             values.append(result)
     elif style == "teacher_alt":
         values = running_values(start, ops, m)
@@ -126,7 +162,8 @@ def build_corpus(cfg: WorldConfig, splits: Splits | None = None) -> list[tuple[s
     """The noisy-teacher pretraining corpus: ``cfg.corpus_size`` (prompt, solution) pairs.
 
     Problems are drawn with replacement from min_steps..max_steps (step count uniform), skipping every
-    question of ``splits``; a fraction ``sloppy_fraction`` of solutions is sloppy, the rest careful.
+    question of ``splits``; a fraction ``sloppy_fraction`` of solutions is sloppy, ``check_fraction`` by the
+    checking writer, the rest careful.
     """
     splits = make_splits(cfg) if splits is None else splits
     held_out = {p.question for _, ps in splits.items() for p in ps}
@@ -137,7 +174,10 @@ def build_corpus(cfg: WorldConfig, splits: Splits | None = None) -> list[tuple[s
         problem = make_problem("", start, ops, cfg)
         if problem.question in held_out:
             continue
-        style = "sloppy" if rng.random() < cfg.sloppy_fraction else "careful"
+        draw = rng.random()
+        style = "sloppy" if draw < cfg.sloppy_fraction else "careful"
+        if cfg.check_fraction and cfg.sloppy_fraction <= draw < cfg.sloppy_fraction + cfg.check_fraction:
+            style = "checking"
         pairs.append((render_prompt(problem.question), write_solution(problem, style, cfg, rng)))
     return pairs
 
@@ -147,7 +187,7 @@ def max_response_chars(steps: int, modulus: int = 10) -> int:
     s = steps
     d = len(str(modulus - 1))
     box = len("\\boxed{}") + (s + 1) * d
-    careful = s * (3 * d + 3) + box  # "a+b=c\n" per step
+    careful = 2 * s * (3 * d + 3) + 5 + box  # "a+b=c\n" per step, a check line after each at most, a marker line
     alt = sum((i + 1) * d + 1 + (s - i) * (d + 1) + 1 for i in range(s + 1)) + box  # "values|rest\n" per line
     return max(careful, alt)
 
