@@ -23,6 +23,8 @@ __all__ = [
     "bar_chart",
     "box_plots",
     "entropy_histograms",
+    "interval_bars",
+    "step_curves",
     "loss_curve",
     "overlap_by_step",
     "pass_at_k_curves",
@@ -64,6 +66,7 @@ def pass_at_k_curves(
     *,
     title: str | None = None,
     subtitles: Mapping[str, str] | None = None,
+    bands: Mapping[str, Mapping[str, Mapping[int, tuple[float, float]]]] | None = None,
 ) -> Path:
     """pass@k against k (log2 axis): one panel per benchmark, one line per model.
 
@@ -71,6 +74,7 @@ def pass_at_k_curves(
         results: ``{benchmark: {model: {k: pass@k}}}``; k may be int or str.
         title: figure title.
         subtitles: extra text per panel title (e.g. ``"100 problems, n = 256"``).
+        bands: ``{benchmark: {model: {k: (low, high)}}}``, an interval drawn as a shaded band around the line.
     """
     fig, axes = _figure(len(results))
     for ax, (panel, by_model) in zip(axes, results.items()):
@@ -79,7 +83,12 @@ def pass_at_k_curves(
             ks = sorted(int(k) for k in curve)
             values = [float(curve[k] if k in curve else curve[str(k)]) for k in ks]
             all_ks.update(ks)
-            ax.plot(ks, values, marker="o", markersize=3.5, linewidth=1.6, label=model)
+            (line,) = ax.plot(ks, values, marker="o", markersize=3.5, linewidth=1.6, label=model)
+            band = (bands or {}).get(panel, {}).get(model)
+            if band:
+                lows = [band[k][0] if k in band else band[str(k)][0] for k in ks]
+                highs = [band[k][1] if k in band else band[str(k)][1] for k in ks]
+                ax.fill_between(ks, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=2)
         ticks = sorted(all_ks)
         ax.set_xticks(ticks)
@@ -287,4 +296,67 @@ def loss_curve(losses: Mapping[int, float], path: str | Path, *, title: str = "D
     ax.set_ylabel("next-token loss on responses (nats)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def step_curves(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    max_columns: int = 4,
+) -> Path:
+    """Quantities against the training step: one panel per quantity, one line per run.
+
+    Args:
+        panels: ``{quantity: {run label: [(step, value), ...]}}``; runs sharing a label prefix before " #" (their
+            seeds, "one-shot #1") share a colour.
+    """
+    fig, axes = _figure(len(panels), width=4.0, height=3.0, max_columns=max_columns)
+    colours: dict[str, str] = {}
+    palette = [f"C{i}" for i in range(10)]
+    for ax, (quantity, runs) in zip(axes, panels.items()):
+        labelled: set[str] = set()
+        for label, points in runs.items():
+            group = label.split(" #")[0]
+            colour = colours.setdefault(group, palette[len(colours) % len(palette)])
+            if points:
+                xs, ys = zip(*sorted(points))
+                ax.plot(xs, ys, color=colour, linewidth=1.2, alpha=0.85, label=None if group in labelled else group)
+                labelled.add(group)
+        ax.set_xlabel("training step")
+        ax.set_title(quantity, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        axes[0].legend(handles, labels, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def interval_bars(
+    values: Mapping[str, Mapping[str, tuple[float, float, float]]],
+    path: str | Path,
+    *,
+    ylabel: str = "",
+    title: str | None = None,
+    reference: float | None = 0.0,
+) -> Path:
+    """Bars with intervals: one panel per key, one bar per series, ``(value, low, high)`` each."""
+    fig, axes = _figure(len(values), width=max(4.0, 0.9 * max(len(v) for v in values.values()) + 1.5), height=3.4)
+    for ax, (panel, series) in zip(axes, values.items()):
+        names = list(series)
+        mids = [series[n][0] for n in names]
+        errors = [[m - series[n][1] for n, m in zip(names, mids)], [series[n][2] - m for n, m in zip(names, mids)]]
+        ax.bar(range(len(names)), mids, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(names))])
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        if reference is not None:
+            ax.axhline(reference, color="gray", lw=0.8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -495,3 +495,26 @@ def test_solved_set_overlap():
         solved_set_overlap(base_mask, rl)
     with pytest.raises(ValueError, match="not in all_problems"):
         solved_set_overlap(base, rl, all_problems=["p1"])
+
+
+def test_bootstrap_interval_is_the_loop_over_resampled_problems():
+    import numpy as np
+
+    from reprokit.metrics.functional import bootstrap_interval
+
+    values = [0.0, 0.25, 1.0, 0.5, 0.75, 1.0, 0.0, 0.125]
+    other = [0.0, 0.5, 0.75, 0.5, 0.25, 1.0, 0.125, 0.0]
+    mean, low, high = bootstrap_interval(values, resamples=500, seed=3)
+    rng = np.random.default_rng(3)
+    means = []
+    for _ in range(500):  # the same draws, one resample at a time
+        idx = rng.integers(0, len(values), size=len(values))
+        means.append(sum(values[i] for i in idx) / len(values))
+    assert mean == pytest.approx(sum(values) / len(values))
+    assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    assert low < mean < high
+    diff, dlow, dhigh = bootstrap_interval(values, other, resamples=500, seed=3)
+    assert diff == pytest.approx((sum(values) - sum(other)) / len(values))
+    assert dlow <= diff <= dhigh
+    with pytest.raises(ValueError, match="pair them"):
+        bootstrap_interval(values, other[:3])

@@ -1,6 +1,6 @@
 """Functional metrics: plain functions on tensors, the core the ``reprokit.metrics`` classes delegate to."""
 
-from reprokit.metrics.functional.analysis import ACCURACY_BINS, accuracy_histogram, solved_set_overlap
+from reprokit.metrics.functional.analysis import ACCURACY_BINS, accuracy_histogram, bootstrap_interval, solved_set_overlap
 from reprokit.metrics.functional.entropy import (
     entropy_stats,
     high_entropy_overlap,
@@ -14,6 +14,7 @@ from reprokit.metrics.functional.pass_at_k import pass_at_k, pass_at_k_per_probl
 __all__ = [
     "ACCURACY_BINS",
     "accuracy_histogram",
+    "bootstrap_interval",
     "entropy_stats",
     "high_entropy_overlap",
     "masked_values",

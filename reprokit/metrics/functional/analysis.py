@@ -118,3 +118,40 @@ def solved_set_overlap(
             )
         out["neither"] = len(universe - base - other)
     return out
+
+
+def bootstrap_interval(
+    values: Sequence[float] | Tensor,
+    paired: Sequence[float] | Tensor | None = None,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """The mean of per-problem ``values`` and its bootstrap interval over problems: ``(mean, low, high)``.
+
+    With ``paired`` (the same problems under another model) it is the interval of ``mean(values - paired)``,
+    resampling problems jointly: the interval of a difference measured on one problem set.
+
+    Args:
+        values: one number per problem (its accuracy over n samples, its pass@k, ...).
+        paired: the other model's numbers on the same problems, or None.
+        resamples: bootstrap resamples (problems drawn with replacement, as many as there are).
+        level: the interval's coverage (0.95: the 2.5th and 97.5th percentiles).
+        seed: the resampling seed (the interval is reproducible).
+    """
+    x = np.asarray(torch.as_tensor(values, dtype=torch.float64).reshape(-1))
+    if paired is not None:
+        other = np.asarray(torch.as_tensor(paired, dtype=torch.float64).reshape(-1))
+        if other.shape != x.shape:
+            raise ValueError(f"bootstrap_interval: {x.size} values but {other.size} paired values; pair them by problem")
+        x = x - other
+    if x.size == 0:
+        raise ValueError("bootstrap_interval: no values")
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_interval: level={level} must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)  # [resamples]
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(x.mean()), float(low), float(high)
