@@ -37,7 +37,10 @@ ENTRIES: dict[str, dict[str, str]] = {
         "world_test": "reprokit.worlds.names:benchmark",
         "world_hard": "reprokit.worlds.names:benchmark",
     },
-    "reward": {"world": "reprokit.worlds.task:reward"},  # the built-in ones: reprokit.rewards.REWARDS
+    "reward": {  # the built-in ones: reprokit.rewards.REWARDS
+        "world": "reprokit.worlds.task:reward",
+        "world_mode": "reprokit.worlds.names:mode_reward",
+    },
     "traces": {"world": "reprokit.worlds.names:teacher_traces"},
     "section": {"world": "reprokit.worlds.config:WorldConfig", "world_base": "reprokit.worlds.config:BaseConfig"},
 }

@@ -9,6 +9,7 @@ in ``REWARDS``.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 from reprokit import registry
@@ -18,10 +19,37 @@ from reprokit.rewards.math import extract_boxed, is_equivalent, math_reward
 RewardFn = Callable[..., list[float]]
 """``(completions: list[str], answers: list[str], **row_fields) -> list[float]``, one per completion."""
 
-REWARDS: dict[str, RewardFn] = {"math": math_reward, "choice": choice_reward, "numeric": numeric_reward}
+def random_reward(completions: list[str], answers: list[str], **fields) -> list[float]:
+    """A reward that ignores correctness: 0 or 1 with probability 1/2, fixed by the completion's text (the spurious-
+    reward ablation; reproducible, so a resumed run grades as an uninterrupted one)."""
+    return [float(zlib.crc32(c.encode()) & 1) for c in completions]
+
+
+def zero_reward(completions: list[str], answers: list[str], **fields) -> list[float]:
+    """No reward at all: every advantage is 0 and only the entropy and KL terms train (the entropy-only ablation)."""
+    return [0.0] * len(completions)
+
+
+REWARDS: dict[str, RewardFn] = {
+    "math": math_reward,
+    "choice": choice_reward,
+    "numeric": numeric_reward,
+    "random": random_reward,
+    "zero": zero_reward,
+}
 """Built-in rewards by name."""
 
-__all__ = ["REWARDS", "RewardFn", "extract_boxed", "get_reward", "is_equivalent", "math_reward", "reward_keywords"]
+__all__ = [
+    "REWARDS",
+    "RewardFn",
+    "extract_boxed",
+    "get_reward",
+    "is_equivalent",
+    "math_reward",
+    "random_reward",
+    "reward_keywords",
+    "zero_reward",
+]
 
 
 def reward_keywords(rows: Sequence[Mapping], repeat: int | Sequence[int]) -> dict[str, list]:

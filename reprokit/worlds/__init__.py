@@ -16,7 +16,7 @@ from reprokit.worlds.base import (
     load_world_config,
     pretrain_base,
 )
-from reprokit.worlds.config import BaseConfig, WorldConfig, config_hash
+from reprokit.worlds.config import WORLDS, BaseConfig, WorldConfig, config_hash
 from reprokit.worlds.task import (
     EOS_TOKEN,
     PROMPT_FORMAT,
@@ -48,6 +48,7 @@ __all__ = [
     "PROMPT_SEPARATOR",
     "PROMPT_TEMPLATE",
     "STYLES",
+    "WORLDS",
     "BaseConfig",
     "Problem",
     "Splits",

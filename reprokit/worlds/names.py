@@ -9,7 +9,9 @@ without a recipe):
 * benchmarks ``world_test`` and ``world_hard``: the test split and the harder slice (longer chains than
   pretraining saw), evaluated like MATH500;
 * traces ``world:teacher_alt`` (or ``world:careful``): the train split solved by that writer, for distillation;
-* reward ``world``: :func:`reprokit.worlds.task.reward`.
+* reward ``world``: :func:`reprokit.worlds.task.reward`; :func:`mode_reward` rewards the world's mode alone;
+* :func:`behaviours` (``GRPOConfig.response_stats``): whether a response is in the careful mode (its first line
+  is the world's careful marker) and its rate of checks (check lines per step line).
 
 Prompts are the bare question followed by :data:`~reprokit.worlds.task.PROMPT_SEPARATOR` (template
 ``"{question}\\n"`` with no chain-of-thought suffix).
@@ -26,7 +28,7 @@ from reprokit.data.errors import DataError
 from reprokit.data.readers import Example
 from reprokit.worlds.config import BaseConfig, WorldConfig
 
-__all__ = ["BENCHMARK_SPLITS", "base_model", "benchmark", "current", "examples", "teacher_traces"]
+__all__ = ["BENCHMARK_SPLITS", "base_model", "behaviours", "benchmark", "current", "examples", "mode_reward", "teacher_traces"]
 
 BENCHMARK_SPLITS = {"world_test": "test", "world_hard": "hard"}
 
@@ -114,3 +116,26 @@ def teacher_traces(style: str, path: Path) -> Path:
         for problem in _splits(world).train:
             f.write(json.dumps({"problem": problem.question, "response": write_solution(problem, style, world)}) + "\n")
     return path
+
+
+def behaviours(completions: list[str]) -> dict[str, list[float]]:
+    """Per response: ``mode`` (1 if its first line is the current world's careful marker) and ``checks`` (check
+    lines per step line; 0 without steps). Worlds without a marker or checking writer score 0."""
+    world, _ = current()
+    mode, checks = [], []
+    for text in completions:
+        lines = text.split("\n")
+        mode.append(float(bool(world.careful_marker) and lines[0] == world.careful_marker))
+        steps = sum("=" in line and not line.startswith(world.check_marker) for line in lines)
+        checked = sum(line.startswith(world.check_marker) and "=" in line for line in lines) if world.check_fraction else 0
+        checks.append(checked / steps if steps else 0.0)
+    return {"mode": mode, "checks": checks}
+
+
+def mode_reward(completions: list[str], answers: list[str], **fields) -> list[float]:
+    """1 for a response in the world's mode, whatever its answer: it starts with the careful marker (mode worlds)
+    or has a check line (the self-check world). The format-only reward of the 1-shot paper's ablation."""
+    world, _ = current()
+    stats = behaviours(completions)
+    key = "mode" if world.careful_marker else "checks"
+    return [float(v > 0) for v in stats[key]]
