@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import re
 import tempfile
 import warnings
@@ -59,6 +60,22 @@ QUANTIZATIONS = ("nf4", "none")
 # with one of them while its generation config lists only its end-of-text token.
 CHAT_END_TOKENS = ("<|im_end|>", "<end_of_turn>")
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
+class _DropMessage(logging.Filter):
+    """Drops the log records of one logger that start with a given text."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+# bitsandbytes (0.50) looks for an optional AVX512-BF16 inference kernel when it is imported and logs a warning
+# when the `kernels` package is absent. The kit keeps 4-bit layers off that kernel (keep_4bit_layers_trainable),
+# so the notice is about a path it never takes.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessage("Failed to load CPU gemm_4bit_forward"))
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

@@ -12,6 +12,7 @@ import lightning as L
 
 from reprokit.cli import Recipe, gpu_preset, parse
 from reprokit.data import EvalDataModule, Validation
+from reprokit.metrics.functional import bootstrap_interval
 from reprokit.policy import ModelConfig, load_policy
 from reprokit.training.grpo import GRPOConfig, GRPOModule
 from reprokit.training.trainer import RunConfig, build_trainer, last_checkpoint
@@ -63,10 +64,17 @@ def run_grpo_recipe(
     if parsed.resume and ckpt is None:
         raise SystemExit(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
 
-    before = _validate(trainer, module, eval_dl) if eval_dl is not None and ckpt is None else {}
+    if run.description:
+        print(f"[reprokit] {run.description}")
+    before, before_problems = _validate(trainer, module, eval_dl) if eval_dl is not None and ckpt is None else ({}, {})
+    if before and trainer.is_global_zero:
+        _report_validation("before training", before, before_problems)
     trainer.fit(module, datamodule=train_data, ckpt_path=str(ckpt) if ckpt else None)
-    after = _validate(trainer, module, eval_dl) if eval_dl is not None else {}
-    summary = {"steps": trainer.global_step, "before": before, "after": after, "train": module.last_metrics}
+    after, after_problems = _validate(trainer, module, eval_dl) if eval_dl is not None else ({}, {})
+    summary = {
+        "steps": trainer.global_step, "before": before, "after": after, "train": module.last_metrics,
+        "intervals": _intervals(before_problems, after_problems),
+    }
     if trainer.is_global_zero:
         _report(run_dir, summary)
     return summary, trainer, module
@@ -89,17 +97,51 @@ def _eval_dataloader(ev: Validation, tokenizer, data):
     return dm.val_dataloader()
 
 
-def _validate(trainer: L.Trainer, module: GRPOModule, dataloader) -> dict[str, float]:
+def _validate(trainer: L.Trainer, module: GRPOModule, dataloader) -> tuple[dict[str, float], dict]:
+    """The validation metrics and, per benchmark, each problem's accuracy (for intervals)."""
     results = trainer.validate(module, dataloaders=dataloader, verbose=False)
-    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}, dict(module.val_problem_accuracy)
+
+
+def _intervals(before: dict, after: dict) -> dict:
+    """Per benchmark: pass@1 before and after with 95% bootstrap intervals over its problems, and the change
+    (paired: the same problems)."""
+    out = {}
+    for name in sorted(set(before) | set(after)):
+        entry = {}
+        for when, problems in (("before", before), ("after", after)):
+            if name in problems:
+                entry[when] = bootstrap_interval(list(problems[name].values()))
+        if name in before and name in after:
+            ids = sorted(set(before[name]) & set(after[name]))
+            entry["change"] = bootstrap_interval([after[name][i] for i in ids], [before[name][i] for i in ids])
+        out[name] = entry
+    return out
+
+
+def _fmt_interval(iv) -> str:
+    return f"{iv[0]:.3f} [95% CI {iv[1]:.3f}, {iv[2]:.3f}]"
+
+
+def _report_validation(when: str, metrics: dict[str, float], problems: dict) -> None:
+    for name in sorted(problems):
+        values = list(problems[name].values())
+        stats = [f"{k.rsplit('/', 1)[1]} {v:.3f}" for k, v in sorted(metrics.items()) if k.startswith(f"val/{name}/") and "@" not in k]
+        extra = f"; {', '.join(stats)}" if stats else ""
+        print(f"[reprokit] {when}: {name} pass@1 {_fmt_interval(bootstrap_interval(values))} over {len(values)} problems{extra}")
 
 
 def _report(run_dir: Path, summary: dict):
     print(f"[reprokit] finished {summary['steps']} steps")
     for key in sorted(set(summary["before"]) | set(summary["after"])):
-        if "pass@1" in key:
+        if "pass@1" in key or (key.startswith("val/") and "@" not in key):
             b, a = summary["before"].get(key), summary["after"].get(key)
             fmt = lambda v: "  n/a" if v is None else f"{v:.3f}"  # noqa: E731
             print(f"[reprokit] {key}: before {fmt(b)}  after {fmt(a)}")
+    for name, entry in summary["intervals"].items():
+        parts = [f"{when} {_fmt_interval(entry[when])}" for when in ("before", "after") if when in entry]
+        if "change" in entry:
+            parts.append(f"change {_fmt_interval(entry['change'])}")
+        print(f"[reprokit] {name} pass@1: " + "; ".join(parts))
     print(f"[reprokit] TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     print(f"[reprokit] checkpoints: {run_dir / 'checkpoints'}")

@@ -18,7 +18,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from torchmetrics import MeanMetric
 
+from reprokit import registry
 from reprokit.algorithms import (
     LossDenominators,
     focal_mask,
@@ -97,6 +99,13 @@ class GRPOConfig:
     """Give truncated responses (no EOS) zero loss instead of training on their reward."""
     reward: str = "math"
     """Reward name (math) or 'package.module:function' with signature (completions, answers, **fields)."""
+    val_reward: str | None = None
+    """What validation grades with (correct = reward >= 1); None = the training reward. Set it when training on
+    another signal (a format-only or random reward) and test accuracy must still be the answer's."""
+    response_stats: str | None = None
+    """A 'package.module:function' (completions) -> {name: [one value per completion]}: behaviours of the
+    responses (the CPU world's mode share and check rate), averaged as rollout/<name> in training and
+    val/<benchmark>/<name> in validation."""
     logprob_chunk_size: int = 1024
     """Positions per chunk of the log-prob / entropy pass: bounds the [chunk, vocab] logits held at once."""
     log_completions_every: int = 10
@@ -292,12 +301,17 @@ class GRPOModule(L.LightningModule):
         self.strict_loading = False
         # An explicit callable wins over the configured name (tests and notebooks pass functions directly).
         self.reward_fn = get_reward(reward_fn if reward_fn is not None else self.cfg.reward)
+        self.val_reward_fn = get_reward(self.cfg.val_reward) if self.cfg.val_reward else self.reward_fn
+        self.stats_fn = registry.import_object(self.cfg.response_stats, "GRPOConfig.response_stats") if self.cfg.response_stats else None
         self.eos_ids = eos_token_ids(tokenizer, model)
         keep_4bit_layers_trainable(model)
         self._example_acc: dict[str, dict[int, list[float]]] = defaultdict(_epoch_table)
         self.val_metrics: dict[str, PassAtK] = {}
         self._skipped_in_a_row = 0
         self._focal_threshold = float("nan")
+        self._rollouts_without_trainer = 0
+        self._val_problems: dict[str, dict[str, float]] = {}
+        self.val_problem_accuracy: dict[str, dict[str, float]] = {}
         self.last_rollout: Rollout | None = None
         self.last_metrics: dict[str, float] = {}
         if self.cfg.kl_coef > 0 and not hasattr(model, "disable_adapter"):
@@ -356,8 +370,8 @@ class GRPOModule(L.LightningModule):
     def _batch_index(self) -> int:
         """Training batches drawn so far in the run, skipped ones included (restored on resume): the key of each
         step's rollout seed. The optimizer step would repeat while steps are skipped, and so would the samples."""
-        if self._trainer is None:
-            return 0
+        if self._trainer is None:  # rollouts called by hand (notebooks, benchmarks): one stream per call
+            return self._rollouts_without_trainer
         return int(self.trainer.fit_loop.epoch_loop.total_batch_idx)
 
     # ------------------------------------------------------------------ forward passes
@@ -436,6 +450,8 @@ class GRPOModule(L.LightningModule):
             source = self._refill_batch(batch, len(rounds)) if kept_groups < target else None
 
         first = rounds[0]
+        if self._trainer is None:
+            self._rollouts_without_trainer += 1
         self._maybe_log_text(first.batch, first.comps, first.rewards, first.answers)
         metrics = self._rollout_metrics(rounds)
         if parts:
@@ -622,7 +638,9 @@ class GRPOModule(L.LightningModule):
         truncated = torch.cat([r.comps.truncated.float() for r in rounds])  # [N]
         informative = torch.cat([r.informative.float() for r in rounds])  # [P]
         seconds = sum(r.comps.seconds for r in rounds)
+        stats = self._response_stats([t for r in rounds for t in r.comps.texts])
         return {
+            **{f"rollout/{name}": sum(values) / max(1, len(values)) for name, values in stats.items()},
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "reward/accuracy": float((rewards >= 1.0).float().mean()),
@@ -634,6 +652,18 @@ class GRPOModule(L.LightningModule):
             "perf/gen_tokens_per_s": sum(r.comps.num_tokens for r in rounds) / max(seconds, 1e-9),
             "perf/gen_s": seconds,
         }
+
+    def _response_stats(self, texts: list[str]) -> dict[str, list[float]]:
+        if self.stats_fn is None:
+            return {}
+        stats = self.stats_fn(texts)
+        for name, values in stats.items():
+            if len(values) != len(texts):
+                raise ValueError(
+                    f"response_stats {self.cfg.response_stats!r} returned {len(values)} values of {name!r} for "
+                    f"{len(texts)} completions"
+                )
+        return {name: [float(v) for v in values] for name, values in stats.items()}
 
     def _log_step(self, metrics: dict, step_start: float):
         metrics["perf/step_s"] = time.perf_counter() - step_start
@@ -714,6 +744,8 @@ class GRPOModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self):
         self.val_metrics = {}
+        self.val_stats = {}
+        self._val_problems: dict[str, dict[str, float]] = {}
 
     def validation_step(self, batch, batch_idx):
         cfg = self.cfg
@@ -731,23 +763,43 @@ class GRPOModule(L.LightningModule):
             generator=self._generator("validation", self.global_step, batch_idx),
         )
         answers = [a for a in batch.answers for _ in range(cfg.val_n)]
-        rewards = self.reward_fn(comps.texts, answers, **reward_keywords(batch.fields, cfg.val_n))
+        rewards = self.val_reward_fn(comps.texts, answers, **reward_keywords(batch.fields, cfg.val_n))
         correct = torch.tensor(rewards, device=self.device) >= 1.0  # [P*n]
         per_problem = correct.view(-1, cfg.val_n)  # [P, n]
-        for row, fields_ in zip(per_problem, batch.fields):
+        stats = self._response_stats(comps.texts)
+        for p, (row, fields_) in enumerate(zip(per_problem, batch.fields)):
             name = str(fields_.get("benchmark", "val"))
             if name not in self.val_metrics:
                 self.val_metrics[name] = PassAtK(ks=sorted({1, cfg.val_n})).to(self.device)
             self.val_metrics[name].update([row])
+            self._val_problems.setdefault(name, {})[batch.example_ids[p]] = float(row.float().mean())
+            for stat, values in stats.items():
+                key = f"{name}/{stat}"
+                if key not in self.val_stats:
+                    self.val_stats[key] = MeanMetric().to(self.device)
+                self.val_stats[key].update(torch.tensor(values[p * cfg.val_n : (p + 1) * cfg.val_n]))
 
     def on_validation_epoch_end(self):
-        names = set(self.val_metrics)
+        names, stat_keys = set(self.val_metrics), set(self.val_stats)
         if self._world() > 1:
             # compute() gathers across processes, so every process must hold every benchmark's metric, also one
             # whose share of the benchmark was empty.
             gathered = [None] * self._world()
-            torch.distributed.all_gather_object(gathered, sorted(names))
-            names = set().union(*gathered)
+            torch.distributed.all_gather_object(gathered, (sorted(names), sorted(stat_keys)))
+            names = set().union(*(g[0] for g in gathered))
+            stat_keys = set().union(*(g[1] for g in gathered))
+        for key in sorted(stat_keys):
+            metric = self.val_stats.setdefault(key, MeanMetric().to(self.device))
+            self.log(f"val/{key}", float(metric.compute()), sync_dist=False, batch_size=1)
+        problems = self._val_problems
+        if self._world() > 1:
+            gathered = [None] * self._world()
+            torch.distributed.all_gather_object(gathered, problems)
+            problems = {}
+            for part in gathered:  # the distributed sampler repeats a few problems to even the shares out
+                for name, by_id in part.items():
+                    problems.setdefault(name, {}).update(by_id)
+        self.val_problem_accuracy = problems  # benchmark -> problem id -> accuracy of its val_n samples
         averages = []
         for name in sorted(names):
             if name not in self.val_metrics:

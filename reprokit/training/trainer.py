@@ -46,6 +46,8 @@ class RunConfig:
     callbacks: list[str] = field(default_factory=list)
     """Extra Lightning callbacks as importable 'module:Class' names, each built without arguments (e.g. to record
     rollouts); the module must be importable where every process starts."""
+    description: str = ""
+    """A line printed when the run starts: what it is (a preset says which world or setting it runs)."""
     stop_timeout_s: float = 30.0
     """After SIGTERM, the run stops at the next step; if it has not stopped within this many seconds (a process
     stuck in a collective), every process of the run is killed."""
@@ -70,6 +72,35 @@ def resolve_precision(run: RunConfig) -> str:
     return "32-true"
 
 
+def quiet_known_notices() -> None:
+    """Silence the third-party notices the kit's runs understand, each by its exact text, nothing else.
+
+    - Lightning's tip to install its cloud logger, printed by every Trainer.
+    - ModelCheckpoint's note that with manual optimization a checkpoint holds the state after the optimizer step:
+      that is what the kit's checkpoints are meant to hold (step N = N updates done; resuming from it is exact).
+    - The empty validation loader of a run that validates only before and after fit (no ``val_every``).
+    - torch's deprecation of ``LeafSpec``, which Lightning's pytree helper still uses.
+    """
+    import logging
+    import warnings
+
+    for name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTip) for f in logger.filters):
+            logger.addFilter(_DropTip())
+    for message in (
+        "Using ModelCheckpoint with manual optimization and every_n_train_steps",
+        r"Total length of `list` across ranks is zero",
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+class _DropTip:
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
+
+
 def build_trainer(run: RunConfig, run_dir: Path, *, val_every: int | None = None, callbacks=()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -89,6 +120,7 @@ def build_trainer(run: RunConfig, run_dir: Path, *, val_every: int | None = None
     # Validation inside fit counts training batches across epochs (a one-shot "epoch" is a single batch);
     # without val_every, fit gets no val dataloaders and the recipe validates before and after instead.
     val_schedule = dict(val_check_interval=val_every, check_val_every_n_epoch=None) if val_every else {}
+    quiet_known_notices()
     extra = [_load_callback(name) for name in run.callbacks]
     trainer = L.Trainer(
         max_steps=run.max_steps,
