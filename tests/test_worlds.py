@@ -306,3 +306,76 @@ def test_text_outside_the_world_alphabet_is_a_data_error_naming_example_and_char
     with pytest.raises(DataError, match=r"example 'pi1'.*does not know: ' :Fin'.*world:<id>"):
         tokenize_examples(examples, tokenizer, template=PROMPT_FORMAT, cot_suffix=False)
     assert len(tokenize_examples(examples[:1], tokenizer, template=PROMPT_FORMAT, cot_suffix=False)) == 1
+
+
+def test_checking_writer_checks_about_half_its_steps_and_every_check_is_right():
+    from reprokit.worlds import WORLDS
+
+    world = WORLDS["selfcheck"]
+    rng = random.Random(3)
+    steps = checks = 0
+    for problem in make_splits(world).train[:300]:
+        solution = write_solution(problem, "checking", world, rng)
+        values = reference_values(problem.question)
+        lines = solution.split("\n")[:-1]
+        current = values[0]
+        for line in lines:
+            if line.startswith("~"):
+                checks += 1
+                a, op, b, result = re.fullmatch(r"~(\d)([+*-])(\d)=(\d)", line).groups()
+                want = {"+": int(a) + int(b), "*": int(a) * int(b), "-": int(a) - int(b)}[op] % 10
+                assert int(result) == want, line  # a check line is always right
+                current = int(result)
+            else:
+                steps += 1
+                a = int(line[0])
+                assert a == current, f"a step must start from the value before it: {solution!r}"
+                current = int(line.split("=")[1])
+    assert abs(checks / steps - world.check_rate) < 0.05
+    share = sum("~" in s for _, s in build_corpus(dataclasses.replace(world, corpus_size=2000))) / 2000
+    checked_at_least_once = sum(1 - (1 - world.check_rate) ** s for s in range(2, 6)) / 4  # 2-5 steps, uniform
+    assert abs(share - world.check_fraction * checked_at_least_once) < 0.03
+
+
+def test_blind_spots_are_written_wrong_by_every_pretraining_writer_and_right_by_the_teacher():
+    from reprokit.worlds import WORLDS
+    from reprokit.worlds.teacher import blind_spot_facts
+
+    world = WORLDS["blindspot"]
+    blind = blind_spot_facts(world)
+    assert len(blind) == 20
+    rng = random.Random(0)
+    seen = 0
+    for problem in make_splits(world).train:
+        values = reference_values(problem.question)
+        teacher = write_solution(problem, "teacher", world)
+        assert grade(teacher, problem.answer) == 1.0
+        for style in ("careful", "sloppy"):
+            solution = write_solution(problem, style, world, rng)
+            for line in solution.split("\n")[:-1]:
+                a, op, b, result = re.fullmatch(r"(\d)([+*-])(\d)=(\d)", line).groups()
+                fact = (int(a), op, int(b))
+                if fact in blind:
+                    seen += 1
+                    assert int(result) == blind[fact], f"{style} wrote a blind-spot fact right: {line}"
+        if any((values[i], op, x) in blind for i, (op, x) in enumerate(re.findall(r"([+*-])(\d)", problem.question))):
+            assert write_solution(problem, "careful", world) != teacher
+    assert seen > 100
+
+
+def test_shipped_bases_are_the_code_worlds_and_load():
+    from reprokit.worlds import WORLDS, config_hash
+    from reprokit.worlds.base import SHIPPED_DIR, shipped_base
+
+    shipped = sorted(p.name for p in SHIPPED_DIR.glob("*/"))
+    assert shipped == sorted(WORLDS), "every study world ships its base (python -m reprokit.worlds rebuilds them)"
+    for name, world in WORLDS.items():
+        folder = SHIPPED_DIR / name
+        saved = json.loads((folder / "world.json").read_text())
+        assert saved["config_hash"] == config_hash(world), f"{name}: the shipped base was built from another config"
+        assert WorldConfig.from_dict(saved) == world
+        assert shipped_base(world) == folder
+        metrics = json.loads((folder / "base_metrics.json").read_text())
+        assert 0 < metrics["test"]["pass@1"] < 1
+    model, tok = load_base(SHIPPED_DIR / "mode-0.1")
+    assert "#" in tok.get_vocab() and sum(p.numel() for p in model.parameters()) > 1e6
