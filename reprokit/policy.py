@@ -76,6 +76,30 @@ class _DropMessage(logging.Filter):
 # so the notice is about a path it never takes.
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessage("Failed to load CPU gemm_4bit_forward"))
 
+SMALL_LOAD_BYTES = 100 * 2**20
+
+
+@contextlib.contextmanager
+def quiet_small_load(source: str | Path):
+    """Hide transformers' weight-loading bar for a local model under 100 MB: it loads in well under a second, and
+    a run that loads it several times (the CPU-world study) would print one bar per load. Larger or remote models
+    keep their bar."""
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(source).expanduser()
+    small = folder.is_dir() and sum(
+        f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin")
+    ) < SMALL_LOAD_BYTES
+    if not small or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -366,7 +390,8 @@ def _load_model(source: str, cfg: ModelConfig, device: torch.device, dtype: torc
             bnb_4bit_compute_dtype=dtype,
         )
     try:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with quiet_small_load(source):
+            return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         if Path(source).expanduser().is_dir():
             raise ModelLoadError(

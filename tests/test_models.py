@@ -249,14 +249,15 @@ def test_trainable_state_dict_round_trip(tiny_dir):
 
 
 def test_gradient_checkpointing_gives_identical_grads(tiny_dir):
-    grads = []
+    grads, state = [], None
     for checkpointing in (False, True):
         model, tok = policy(tiny_dir, gradient_checkpointing=checkpointing, lora_dropout=0.0)
         assert model.get_base_model().is_activation_checkpointing == checkpointing
         perturb_lora_b(model)
-        if grads:  # the same adapter weights in both runs
+        if state is None:
+            state = trainable_state_dict(model)
+        else:  # the same adapter weights in both runs
             load_trainable_state_dict(model, state)
-        state = trainable_state_dict(model)
         forward_backward(model, tok)
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()

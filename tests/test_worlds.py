@@ -379,3 +379,24 @@ def test_shipped_bases_are_the_code_worlds_and_load():
         assert 0 < metrics["test"]["pass@1"] < 1
     model, tok = load_base(SHIPPED_DIR / "mode-0.1")
     assert "#" in tok.get_vocab() and sum(p.numel() for p in model.parameters()) > 1e6
+
+
+def test_behaviours_and_the_mode_only_reward_follow_the_current_world():
+    from reprokit import registry
+    from reprokit.worlds import WORLDS
+    from reprokit.worlds.names import behaviours, mode_reward
+
+    texts = ["#\n1+2=3\n3\n", "1+2=4\n4\n", "#\n", "1+2=3\n~1+2=3\n3*2=6\n36\n"]
+    try:
+        registry.configure("world", WORLDS["mode-0.2"])
+        assert behaviours(texts) == {"mode": [1.0, 0.0, 1.0, 0.0]}
+        assert mode_reward(texts, ["3"] * 4) == [1.0, 0.0, 1.0, 0.0]
+        registry.configure("world", WORLDS["selfcheck"])
+        assert behaviours(texts) == {"checks": [0.0, 0.0, 0.0, 0.5]}  # one check line per two step lines
+        assert mode_reward(texts, ["3"] * 4) == [0.0, 0.0, 0.0, 1.0]
+        registry.configure("world", WORLDS["control"])
+        assert behaviours(texts) == {}
+        with pytest.raises(ValueError, match="careful marker or a checking writer"):
+            mode_reward(texts, ["3"] * 4)
+    finally:
+        registry.configure("world", None)

@@ -112,7 +112,10 @@ def load_base(path: str | Path):
     """(model, tokenizer) saved by :func:`pretrain_base`; the model in eval mode."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    model = AutoModelForCausalLM.from_pretrained(path)
+    from reprokit.policy import quiet_small_load
+
+    with quiet_small_load(path):
+        model = AutoModelForCausalLM.from_pretrained(path)
     model.eval()
     return model, PreTrainedTokenizerFast.from_pretrained(path)
 

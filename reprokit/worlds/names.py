@@ -119,8 +119,9 @@ def teacher_traces(style: str, path: Path) -> Path:
 
 
 def behaviours(completions: list[str]) -> dict[str, list[float]]:
-    """Per response: ``mode`` (1 if its first line is the current world's careful marker) and ``checks`` (check
-    lines per step line; 0 without steps). Worlds without a marker or checking writer score 0."""
+    """Per response, the behaviours the current world has: ``mode`` in a world with a careful marker (1 if the
+    response's first line is the marker) and ``checks`` in a world with a checking writer (check lines per step
+    line; 0 without steps)."""
     world, _ = current()
     mode, checks = [], []
     for text in completions:
@@ -129,7 +130,12 @@ def behaviours(completions: list[str]) -> dict[str, list[float]]:
         steps = sum("=" in line and not line.startswith(world.check_marker) for line in lines)
         checked = sum(line.startswith(world.check_marker) and "=" in line for line in lines) if world.check_fraction else 0
         checks.append(checked / steps if steps else 0.0)
-    return {"mode": mode, "checks": checks}
+    out = {}
+    if world.careful_marker:
+        out["mode"] = mode
+    if world.check_fraction:
+        out["checks"] = checks
+    return out
 
 
 def mode_reward(completions: list[str], answers: list[str], **fields) -> list[float]:
@@ -138,4 +144,6 @@ def mode_reward(completions: list[str], answers: list[str], **fields) -> list[fl
     world, _ = current()
     stats = behaviours(completions)
     key = "mode" if world.careful_marker else "checks"
+    if key not in stats:
+        raise ValueError("reward 'world_mode' needs a world with a careful marker or a checking writer (--world.careful_marker '#' or --world.check_fraction 0.2)")
     return [float(v > 0) for v in stats[key]]
