@@ -130,7 +130,7 @@ def build_trainer(run: RunConfig, run_dir: Path, *, val_every: int | None = None
         strategy=run.strategy,
         precision=resolve_precision(run),
         logger=TensorBoardLogger(str(run_dir), name="tb", version=""),
-        callbacks=[checkpoints, *callbacks, *extra, StopWithin(run.stop_timeout_s)],
+        callbacks=[checkpoints, *callbacks, *extra, StopWithin(run.stop_timeout_s), *_progress_bar(run)],
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         **val_schedule,
@@ -139,6 +139,23 @@ def build_trainer(run: RunConfig, run_dir: Path, *, val_every: int | None = None
         use_distributed_sampler=True,
     )
     return trainer
+
+
+def _progress_bar(run: RunConfig) -> list[L.Callback]:
+    """Lightning's rich bar titles a run "Epoch N/M-1"; the kit's runs are bounded by steps (max_epochs -1, so it
+    read "Epoch 39/-2"). The same bar, titled with the epoch and the step budget."""
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    if not run.progress_bar or not _RICH_AVAILABLE:
+        return []  # no bar, or Lightning's tqdm bar, which titles it "Epoch N"
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepBudgetBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            text = f"Epoch {current_epoch} of a {self.trainer.max_steps}-step run"
+            return f"{text:{len(self.validation_description)}}"
+
+    return [StepBudgetBar()]
 
 
 def _load_callback(name: str):
