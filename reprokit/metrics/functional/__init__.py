@@ -1,6 +1,11 @@
 """Functional metrics: plain functions on tensors, the core the ``reprokit.metrics`` classes delegate to."""
 
-from reprokit.metrics.functional.analysis import ACCURACY_BINS, accuracy_histogram, bootstrap_interval, solved_set_overlap
+from reprokit.metrics.functional.analysis import (
+    ACCURACY_BINS,
+    accuracy_histogram,
+    bootstrap_interval,
+    solved_set_overlap,
+)
 from reprokit.metrics.functional.entropy import (
     entropy_stats,
     high_entropy_overlap,
