@@ -33,6 +33,9 @@ def test_one_shot_cpu_preset_trains_lora_only_logs_checkpoints_and_resumes(tmp_p
     # The preset trains the CPU world's base on one world problem and tests it on the world's test split.
     for when in ("before", "after"):
         assert 0.0 < summary[when]["val/world_test/pass@1"] < 1.0, summary[when]
+        assert 0.0 < summary[when]["val/world_test/mode"] < 1.0, "the preset's world has a careful mode"
+        point, low, high = summary["intervals"]["world_test"][when]
+        assert low <= point <= high and point == pytest.approx(summary[when]["val/world_test/pass@1"], abs=1e-6)
 
     fresh, _ = load_policy(_cpu_model_config())  # the same base, adapter untrained
     trained_lora = trainable_state_dict(module.model)
@@ -65,7 +68,11 @@ def test_one_shot_cpu_preset_trains_lora_only_logs_checkpoints_and_resumes(tmp_p
 def _cpu_model_config() -> ModelConfig:
     import yaml
 
+    from reprokit import registry
+    from reprokit.worlds import WorldConfig
+
     preset = yaml.safe_load((Path(one_shot.__file__).parents[2] / "recipes" / "one_shot" / "cpu.yaml").read_text())
+    registry.configure("world", WorldConfig(**preset["world"]))  # "world" names the preset's world
     return ModelConfig(**preset["model"])
 
 

@@ -340,3 +340,26 @@ def test_cli_entry_point_help(capsys):
     for option in ("--eval.models", "--sampling.n", "--sampling.temperature", "--run.regrade", "--data.path"):
         assert option in text
     assert sys.modules[MODULE].even_length_reward(["ab"], ["x"]) == [1.0]
+
+
+def test_checkpoint_of_another_world_names_the_flags_that_choose_its_base(tmp_path):
+    """`world` resolves through --world.*: a checkpoint trained in the mode world must not load on the control base."""
+    import yaml
+
+    from reprokit import registry
+    from reprokit.worlds import WORLDS
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-2.ckpt").write_bytes(b"not read: the config is checked first")
+    saved = {"model": {"name_or_path": "world", "quantization": "none"}, "world": {"careful_marker": "#", "sloppy_fraction": 0.9}}
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    registry.configure("world", None)  # this command's world: the default (control)
+    with pytest.raises(ModelSpecError, match=r"other `world` settings.*add --world\.sloppy_fraction 0\.9 --world\.careful_marker '#'$"):
+        load_model_spec(str(run / "checkpoints" / "step-2.ckpt"))
+    try:
+        registry.configure("world", WORLDS["mode-0.1"])
+        with pytest.raises(ModelSpecError, match="cannot read checkpoint"):  # the same world: on to the tensors
+            load_model_spec(str(run / "checkpoints" / "step-2.ckpt"))
+    finally:
+        registry.configure("world", None)

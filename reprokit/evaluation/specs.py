@@ -255,14 +255,17 @@ def _load_checkpoint(spec: str, ckpt: Path, quantization: str, device: torch.dev
             "(<run>/checkpoints/step-N.ckpt)."
         )
     try:
-        section = (yaml.safe_load(config_path.read_text()) or {}).get("model")
+        saved = yaml.safe_load(config_path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ModelSpecError(f"model spec {spec!r}: cannot parse {config_path} ({err})") from err
+    section = saved.get("model") if isinstance(saved, Mapping) else None
     if not isinstance(section, Mapping) or "name_or_path" not in section:
         raise ModelSpecError(
             f"model spec {spec!r}: {config_path} has no `model` section with name_or_path; it must be the config.yaml "
             "a training recipe saved"
         )
+    if registry.lookup("model", str(section["name_or_path"])):
+        _check_registered_sections(spec, config_path, saved)
     known = {f.name for f in fields(ModelConfig)}
     options = {k: v for k, v in section.items() if k in known}
     if quantization != "auto":
@@ -289,6 +292,28 @@ def _load_checkpoint(spec: str, ckpt: Path, quantization: str, device: torch.dev
             f"({section.get('name_or_path')!r}): {err}"
         ) from err
     return model, tokenizer
+
+
+def _check_registered_sections(spec: str, config_path: Path, saved: Mapping) -> None:
+    """A base named through the registry (``world``) is chosen by registered config sections (``--world.*``): the
+    checkpoint's adapter only fits the base its run was trained with, so this command's sections must match."""
+    for name in registry.names("section"):
+        if not isinstance(saved.get(name), Mapping):
+            continue
+        cls = registry.resolve("section", name)
+        try:
+            want = cls.from_dict(dict(saved[name])) if hasattr(cls, "from_dict") else cls(**saved[name])
+        except (TypeError, ValueError) as err:
+            raise ModelSpecError(f"model spec {spec!r}: the `{name}` section of {config_path} is not valid ({err})") from err
+        have = registry.settings(name) or cls()
+        if want != have:
+            flags = " ".join(
+                f"--{name}.{f.name} {getattr(want, f.name)!r}" for f in fields(want) if getattr(want, f.name) != getattr(have, f.name)
+            )
+            raise ModelSpecError(
+                f"model spec {spec!r}: its run was trained with other `{name}` settings ({config_path}) than this "
+                f"command's, so the base would not be the one its adapter was trained on; add {flags}"
+            )
 
 
 def _ready_for_eval(model, tokenizer):
