@@ -102,8 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "a share of the work as the real model's; 4 prompts x 8 responses of 256 tokens")
     parser.add_argument("--world", action="store_true",
                         help="CPU comparison mode: the CPU world's pretrained base model (reprokit.worlds, 1 M "
-                             "parameters) in full precision, the one_shot cpu preset (16 prompts x 8 responses of up to "
-                             "85 tokens, LoRA r 32), the world's reward and training example")
+                             "parameters) in full precision, the one_shot cpu preset (its world, 8 prompts x 8 responses of up to "
+                             "87 tokens, LoRA r 32), the world's reward and training example")
     parser.add_argument("--quantization", choices=("nf4", "none"), default=None,
                         help="base weights: nf4 (4-bit, the presets' QLoRA) or none (full precision); default nf4, "
                              "none with --world")
@@ -189,7 +189,12 @@ def load_settings(args: argparse.Namespace) -> dict:
         scale=args.scale, warmup_tokens=args.warmup_tokens,
     )
     if args.scale == "world":
-        # The world's own example, prompt format and reward; the base model is read from the world's cache.
+        # The preset's world (its `world:` section names it), example, prompt format and reward; the base model is
+        # the shipped or cached one.
+        from reprokit import registry
+        from reprokit.worlds import WorldConfig
+
+        registry.configure("world", WorldConfig.from_dict(preset.get("world") or {}))
         settings.update(examples=data["examples"], reward=grpo.get("reward", "world"))
     elif args.scale == "tiny":
         settings.update(prompts_per_step=2, group_size=4, max_new_tokens=32, micro_batch_size=4,
@@ -302,20 +307,23 @@ def model_directory(args: argparse.Namespace):
 
 
 def world_base_model() -> str:
-    """The CPU world's base model folder from its cache; never pretrained here (that takes minutes)."""
-    from reprokit.worlds.base import default_cache_dir
+    """The CPU world's base model folder, shipped with the package or cached; never pretrained here."""
+    from reprokit.worlds.base import default_cache_dir, shipped_base
     from reprokit.worlds.config import config_hash
-    from reprokit.worlds.names import base_model, current
+    from reprokit.worlds.names import current
 
     world, base = current()
+    shipped = shipped_base(world, base)
+    if shipped is not None:
+        return str(shipped)
     folder = default_cache_dir() / config_hash(world, base)
     if not (folder / "base_metrics.json").is_file():
         raise SystemExit(
-            f"--world: the CPU world's base model is not in its cache ({folder}). This benchmark does not pretrain it "
-            "(about 6 minutes on two cores): run `python -m reprokit.recipes.tiny_world` or any recipe with "
-            "`model.name_or_path: world` once, or point $REPROKIT_CACHE at a cache that holds it"
+            f"--world: the preset's world has no shipped base and none in the cache ({folder}). This benchmark does "
+            "not pretrain it (about 5 minutes on two cores): run any recipe with `model.name_or_path: world` and the "
+            "same --world settings once, or point $REPROKIT_CACHE at a cache that holds it"
         )
-    return base_model()
+    return str(folder)
 
 
 def prepare_model(model_dir: Path, *, scale: str, device: str) -> None:

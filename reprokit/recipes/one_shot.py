@@ -40,7 +40,7 @@ class OneShotData:
 
     examples: str = "pi1"
     """Embedded example names (pi1, pi2, pi13, pi1209; comma list such as pi1,pi13), a registered example set
-    (world:train-00021), or a data file path."""
+    (world:train-00136), or a data file path."""
     label: str = "dataset"
     """π1's label: dataset (12.8, as the paper trains) or true (12.7; the paper reports the same results)."""
     question_field: str = "question"
