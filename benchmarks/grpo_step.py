@@ -308,20 +308,17 @@ def model_directory(args: argparse.Namespace):
 
 def world_base_model() -> str:
     """The CPU world's base model folder, shipped with the package or cached; never pretrained here."""
-    from reprokit.worlds.base import default_cache_dir, shipped_base
-    from reprokit.worlds.config import config_hash
+    from reprokit.worlds.base import default_cache_dir, existing_base
     from reprokit.worlds.names import current
 
     world, base = current()
-    shipped = shipped_base(world, base)
-    if shipped is not None:
-        return str(shipped)
-    folder = default_cache_dir() / config_hash(world, base)
-    if not (folder / "base_metrics.json").is_file():
+    folder = existing_base(world, base)
+    if folder is None:
         raise SystemExit(
-            f"--world: the preset's world has no shipped base and none in the cache ({folder}). This benchmark does "
-            "not pretrain it (about 5 minutes on two cores): run any recipe with `model.name_or_path: world` and the "
-            "same --world settings once, or point $REPROKIT_CACHE at a cache that holds it"
+            f"--world: the preset's world has no shipped base and none in the cache ({default_cache_dir()}). This "
+            "benchmark does not pretrain it (about 5 minutes on two cores): run any recipe with "
+            "`model.name_or_path: world` and the same --world settings once, or point $REPROKIT_CACHE at a cache "
+            "that holds it"
         )
     return str(folder)
 

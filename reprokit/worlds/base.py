@@ -37,6 +37,7 @@ __all__ = [
     "SHIPPED_DIR",
     "build_model",
     "default_cache_dir",
+    "existing_base",
     "evaluate_pass_at_k",
     "load_base",
     "load_world_config",
@@ -210,14 +211,13 @@ def pretrain_base(
     from lightning.pytorch.loggers import TensorBoardLogger
 
     base = base or BaseConfig()
-    shipped = shipped_base(cfg, base)
-    if shipped is not None and cache_dir is None:
-        return shipped
+    found = existing_base(cfg, base, cache_dir)
+    if found is not None:
+        if found.parent != SHIPPED_DIR:
+            print(f"[reprokit.worlds] base model cached at {found}")
+        return found
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     out = cache_dir / config_hash(cfg, base)
-    if (out / "base_metrics.json").is_file():
-        print(f"[reprokit.worlds] base model cached at {out}")
-        return out
 
     threads = _idle_cores() if threads is None else threads
     torch.set_num_threads(threads)
@@ -299,6 +299,17 @@ def _by_steps(result: dict, ks: Sequence[int]) -> dict:
         str(s): {f"pass@{k}": sum(pass_at_k(n, c, k) for c in cs) / len(cs) for k in (ks[0], ks[len(ks) // 2], ks[-1])}
         for s, cs in sorted(groups.items())
     }
+
+
+def existing_base(cfg: WorldConfig, base: BaseConfig | None = None, cache_dir: str | Path | None = None) -> Path | None:
+    """The folder of a finished base for these configs without pretraining: the shipped one (unless ``cache_dir``
+    is given), else the one in the cache; None when there is neither."""
+    base = base or BaseConfig()
+    shipped = shipped_base(cfg, base)
+    if shipped is not None and cache_dir is None:
+        return shipped
+    folder = (default_cache_dir() if cache_dir is None else Path(cache_dir)) / config_hash(cfg, base)
+    return folder if (folder / "base_metrics.json").is_file() else None
 
 
 def shipped_base(cfg: WorldConfig, base: BaseConfig | None = None) -> Path | None:
