@@ -457,3 +457,61 @@ def test_registry_accepts_new_rewards(monkeypatch):
     assert get_reward("constant") is constant_reward
     with pytest.raises(ValueError, match="'constant', 'math'"):
         get_reward("nope")
+
+
+# ---------------------------------------------------------------------------------------------- random reward
+def test_random_reward_is_an_independent_fair_coin_per_response():
+    import torch
+
+    from reprokit.rewards import random_reward, score
+
+    same_text = ["\\boxed{3}"] * 4000
+    draws = random_reward(same_text, ["3"] * 4000, generator=torch.Generator().manual_seed(0))
+    assert set(draws) == {0.0, 1.0}, "copies of one text all got the same reward: the reward is a function of the text"
+    # Bernoulli(1/2) over 4000 draws: the mean is within 0.03 of 1/2 (about 4 standard deviations).
+    assert abs(sum(draws) / len(draws) - 0.5) < 0.03
+    # Which response gets which reward depends on the generator alone, not on the texts.
+    other_texts = [f"response {i}" for i in range(4000)]
+    again = random_reward(other_texts, ["3"] * 4000, generator=torch.Generator().manual_seed(0))
+    assert again == draws
+    assert random_reward(same_text, ["3"] * 4000, generator=torch.Generator().manual_seed(1)) != draws
+    # score() hands a generator only to a reward that declares one.
+    seen = {}
+
+    def plain(completions, answers, **fields):
+        seen.update(fields)
+        return [1.0] * len(completions)
+
+    assert score(plain, ["a", "b"], ["x", "x"], {}, generator=torch.Generator()) == [1.0, 1.0]
+    assert "generator" not in seen
+    with pytest.raises(ValueError, match="returned 1 values for 2 completions"):
+        score(lambda c, a, **f: [1.0], ["a", "b"], ["x", "x"], {})
+
+
+def test_grpo_random_reward_draws_are_fixed_by_seed_and_batch_index_only():
+    """A resumed run restores the batch index, so it grades each batch as the uninterrupted run did; the draws
+    differ from batch to batch and do not follow the responses' texts."""
+    import torch
+
+    from reprokit.data import OneShotDataModule
+    from reprokit.tiny import build_tiny_model, build_tiny_tokenizer
+    from reprokit.training.grpo import GRPOConfig, GRPOModule
+
+    tokenizer = build_tiny_tokenizer()
+    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=4, template="none", cot_suffix=False)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    cfg = GRPOConfig(
+        group_size=8, max_new_tokens=4, micro_batch_size=32, reward="random", kl_coef=0.0, log_completions_every=0
+    )
+
+    def rollouts(start: int, count: int) -> list[torch.Tensor]:
+        module = GRPOModule(build_tiny_model(tokenizer, seed=0), tokenizer, cfg, seed=7)
+        module._rollouts_without_trainer = start  # where a resumed run's batch index would stand
+        return [module.rollout(batch)[0].rewards for _ in range(count)]
+
+    whole = rollouts(0, 3)
+    resumed = rollouts(2, 1)
+    assert torch.equal(resumed[0], whole[2])
+    assert not torch.equal(whole[0], whole[1])
+    assert 0.2 < float(torch.cat(whole).mean()) < 0.8

@@ -18,7 +18,7 @@ from reprokit.data.batching import get_pad_token_id
 from reprokit.data.templates import render_prompt, uses_chat_markup
 from reprokit.evaluation.samples import Sample, SampleWriter, read_samples, write_samples_atomically
 from reprokit.evaluation.specs import model_device
-from reprokit.rewards import reward_keywords
+from reprokit.rewards import reward_keywords, score
 
 __all__ = ["SamplingReport", "correctness_by_problem", "grade", "regrade_samples", "render_prompts", "sample_to_jsonl"]
 
@@ -42,14 +42,7 @@ def grade(
 ) -> list[float]:
     """Rewards of ``texts``, where example i owns the next ``counts[i]`` texts."""
     answers = [ex.answer for ex, times in zip(examples, counts) for _ in range(times)]
-    rewards = reward_fn(texts, answers, **reward_keywords([ex.fields for ex in examples], counts))
-    rewards = list(rewards)
-    if len(rewards) != len(texts):
-        raise ValueError(
-            f"the reward returned {len(rewards)} values for {len(texts)} responses; a reward must return one float "
-            "per completion"
-        )
-    return [float(r) for r in rewards]
+    return score(reward_fn, texts, answers, reward_keywords([ex.fields for ex in examples], counts))
 
 
 def _batch_seed(seed: int, model_name: str, problem_ids: Sequence[str], indices: Sequence[int]) -> int:

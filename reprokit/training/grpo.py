@@ -31,7 +31,7 @@ from reprokit.algorithms import (
 from reprokit.algorithms.schedules import LR_SCHEDULES, LRSchedule
 from reprokit.metrics import PassAtK
 from reprokit.policy import eos_token_ids, keep_4bit_layers_trainable, reference_model
-from reprokit.rewards import get_reward, reward_keywords
+from reprokit.rewards import get_reward, reward_keywords, score
 from reprokit.sampling import Completions, generate, seeded_generator
 from reprokit.training.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
 
@@ -476,10 +476,11 @@ class GRPOModule(L.LightningModule):
             generator=self._generator("rollout", self._batch_index(), round_index),
         )
         answers = [a for a in batch.answers for _ in range(cfg.group_size)]
-        rewards = self.reward_fn(comps.texts, answers, **reward_keywords(batch.fields, cfg.group_size))
-        if len(rewards) != len(comps.texts):
-            raise ValueError(f"reward {cfg.reward!r} returned {len(rewards)} values for {len(comps.texts)} completions")
-        rewards = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)  # [N]
+        rewards = score(
+            self.reward_fn, comps.texts, answers, reward_keywords(batch.fields, cfg.group_size),
+            generator=self._generator("reward", self._batch_index(), round_index),
+        )
+        rewards = torch.tensor(rewards, dtype=torch.float32, device=self.device)  # [N]
         grouped = rewards.view(-1, cfg.group_size)  # [P, G]
         self._record_example_accuracy(batch.example_ids, grouped)
         informative = grouped.max(-1).values > grouped.min(-1).values  # [P]
@@ -763,7 +764,10 @@ class GRPOModule(L.LightningModule):
             generator=self._generator("validation", self.global_step, batch_idx),
         )
         answers = [a for a in batch.answers for _ in range(cfg.val_n)]
-        rewards = self.val_reward_fn(comps.texts, answers, **reward_keywords(batch.fields, cfg.val_n))
+        rewards = score(
+            self.val_reward_fn, comps.texts, answers, reward_keywords(batch.fields, cfg.val_n),
+            generator=self._generator("validation reward", self.global_step, batch_idx),
+        )
         correct = torch.tensor(rewards, device=self.device) >= 1.0  # [P*n]
         per_problem = correct.view(-1, cfg.val_n)  # [P, n]
         stats = self._response_stats(comps.texts)
