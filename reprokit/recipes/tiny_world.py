@@ -32,7 +32,7 @@ import json
 import math
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -167,32 +167,13 @@ def run_study(study: StudyConfig, run_dir: Path) -> dict:
     for name in study.worlds:  # every base exists before the workers start (shipped, or pretrained once)
         pretrain_base(WORLDS[name])
     print(f"[reprokit] CPU-world study: {', '.join(study.worlds)}; {study.workers} runs at a time in {run_dir}")
+    first = [_job("full", w) for w in study.worlds] + [_job("base", w) for w in study.worlds]
+    if "control" in study.worlds:
+        first += [_job("focal", "control"), _job("sft", "control", "full")]
+    if "blindspot" in study.worlds:
+        first += [_job("sft", "blindspot", "full"), _job("sft", "blindspot", "lora"), _job("grpo_same_compute", "blindspot")]
     with ProcessPoolExecutor(max_workers=study.workers, initializer=_worker_init) as pool:
-        first = [_job("base", w) for w in study.worlds] + [_job("full", w) for w in study.worlds]
-        if "control" in study.worlds:
-            first.append(_job("focal", "control"))
         done = _run_all(pool, first, study, run_dir)
-        second = []
-        for world in study.worlds:
-            full = done[("full", world, "", 0)]
-            rng = random.Random(f"{study.seed}-{world}")
-            picks = rng.sample(range(study.full_problems), study.random_examples)
-            random_ids = [f"train-{i:05d}" for i in picks]
-            seeds = study.seeds
-            for seed in seeds:
-                second.append(_job("one_shot", world, "variance rule", seed, example=full["variance_example"]))
-            for i, example in enumerate(random_ids):
-                for seed in seeds if world == study.main_world else seeds[:1]:
-                    second.append(_job("one_shot", world, f"random example {i + 1}", seed, example=example))
-            if world in study.ablation_worlds:
-                for name in ABLATIONS:
-                    for seed in seeds:
-                        second.append(_job("one_shot", world, name, seed, example=full["variance_example"]))
-            if world == "blindspot":
-                second += [_job("sft", world, "full"), _job("sft", world, "lora"), _job("grpo_same_compute", world)]
-            if world == "control":
-                second += [_job("sft", world, "full")]
-        done.update(_run_all(pool, second, study, run_dir))
     findings = _findings(done, study)
     findings["seconds"] = round(time.perf_counter() - started, 1)
     (run_dir / "findings.json").write_text(json.dumps(findings, indent=2))
@@ -212,23 +193,76 @@ def _key(job: dict) -> tuple:
     return (job["kind"], job["world"], job["setting"], job["seed"])
 
 
+def _one_shot_jobs(world: str, variance_example: str | None, study: StudyConfig) -> list[dict]:
+    """A world's 1-shot runs: the variance-rule example (from its full-data run), random train examples drawn from
+    the seed, and the ablations on the variance-rule example."""
+    rng = random.Random(f"{study.seed}-{world}")
+    random_ids = [f"train-{i:05d}" for i in rng.sample(range(study.full_problems), study.random_examples)]
+    jobs = [_job("one_shot", world, "variance rule", seed, example=variance_example) for seed in study.seeds]
+    for i, example in enumerate(random_ids):
+        for seed in study.seeds if world == study.main_world else study.seeds[:1]:
+            jobs.append(_job("one_shot", world, f"random example {i + 1}", seed, example=example))
+    if world in study.ablation_worlds:
+        jobs += [_job("one_shot", world, name, seed, example=variance_example) for name in ABLATIONS for seed in study.seeds]
+    return jobs
+
+
+def _cost(job: dict, study: StudyConfig) -> float:
+    """A job's rough cost in sampled responses (a trained response costs about two evaluation samples): the queue
+    starts the longest ready job first, so that no long job runs alone at the end."""
+    kind, batch = job["kind"], study.prompts_per_step * study.group_size
+    evals = study.eval_problems * study.eval_n
+    if kind == "base":
+        evals += study.curve_k_problems * study.curve_k_n + (study.control_problems * study.control_n if job["world"] == "control" else 0)
+        return evals
+    curves = study.curve_problems * study.curve_n
+    if kind == "one_shot":
+        extra = study.curve_k_problems * study.curve_k_n if job["setting"] == "variance rule" and job["seed"] == study.seeds[0] else 0
+        return 2 * study.one_shot_steps * batch + (study.one_shot_steps // study.curve_every + 1) * curves + evals + extra
+    if kind in ("full", "focal"):
+        extra = study.control_problems * study.control_n if job["world"] == "control" else 0
+        return 2 * study.full_steps * batch + (study.full_steps // study.curve_every + 1) * curves + evals + extra
+    if kind == "grpo_same_compute":
+        steps = study.distill_traces // study.distill_batch
+        return 2 * steps * batch + (steps // study.curve_every + 1) * curves + evals
+    return 2 * study.distill_traces + evals  # sft
+
+
 def _run_all(pool, jobs: list[dict], study: StudyConfig, run_dir: Path) -> dict:
-    futures = [(job, pool.submit(run_job, job, asdict(study), str(run_dir))) for job in jobs]
+    """Run ``jobs`` and the 1-shot runs that each world's full-data run makes ready, ``study.workers`` at a time,
+    the longest ready job first. Returns every result by :func:`_key`."""
+    ready = list(jobs)
+    total = len(jobs) + sum(len(_one_shot_jobs(j["world"], None, study)) for j in jobs if j["kind"] == "full")
+    running: dict = {}
     out = {}
-    for i, (job, future) in enumerate(futures, 1):
-        result = future.result()
-        out[_key(job)] = result
-        label = " ".join(str(v) for v in (job["kind"], job["world"], job["setting"], f"seed {job['seed']}") if v)
-        summary = f"pass@1 {result['eval']['pass@1']:.3f}" if "eval" in result else ""
-        print(f"[reprokit] {i}/{len(jobs)} {label}: {summary} ({result['seconds']:.0f} s)", flush=True)
+    while ready or running:
+        ready.sort(key=lambda j: _cost(j, study))
+        while ready and len(running) < study.workers:
+            job = ready.pop()
+            running[pool.submit(run_job, job, asdict(study), str(run_dir))] = job
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            job = running.pop(future)
+            result = future.result()
+            out[_key(job)] = result
+            if job["kind"] == "full":
+                ready += _one_shot_jobs(job["world"], result["variance_example"], study)
+            label = " ".join(str(v) for v in (job["kind"], job["world"], job["setting"], f"seed {job['seed']}") if v)
+            summary = f"pass@1 {result['eval']['pass@1']:.3f}" if "eval" in result else ""
+            print(f"[reprokit] {len(out)}/{total} {label}: {summary} ({result['seconds']:.0f} s)", flush=True)
     return out
 
 
 def _worker_init() -> None:
+    """One thread per run, and no per-run notices: the study prints one line per finished run, and each run's own
+    logs are in its folder. (Lightning's accelerator summary and its 'max_steps reached' would be 3 lines a run.)"""
+    import logging
     import warnings
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
+    for name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ------------------------------------------------------------------ one job, in a worker process
