@@ -3,10 +3,11 @@
 A reward gets one completion and one label per rollout, plus the dataset row's other fields as
 keyword arguments (which it may ignore). A reward that draws random numbers declares a ``generator`` keyword:
 :func:`score` then passes it a ``torch.Generator`` (in training, seeded by the run seed, the process rank, the
-step and the sampling round, so a resumed run draws what the uninterrupted one did). ``get_reward`` turns a config value into such a function:
-a built-in name from ``REWARDS``, a name of :mod:`reprokit.registry` (``"world"``: the CPU world's grader), an
-import path ``"package.module:function"`` for your own, or a callable. Built-ins are added by registering them
-in ``REWARDS``.
+step and the sampling round, so a resumed run draws what the uninterrupted one did).
+
+``get_reward`` turns a config value into such a function: a built-in name from ``REWARDS``, a name of
+:mod:`reprokit.registry` (``"world"``: the CPU world's grader), an import path ``"package.module:function"`` for
+your own, or a callable. Built-ins are added by registering them in ``REWARDS``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from reprokit.rewards.math import extract_boxed, is_equivalent, math_reward
 
 RewardFn = Callable[..., list[float]]
 """``(completions: list[str], answers: list[str], **row_fields) -> list[float]``, one per completion."""
+
 
 def random_reward(
     completions: list[str], answers: list[str], *, generator: torch.Generator | None = None, **fields
