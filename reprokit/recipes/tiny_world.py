@@ -210,21 +210,24 @@ def _one_shot_jobs(world: str, variance_example: str | None, study: StudyConfig)
 def _cost(job: dict, study: StudyConfig) -> float:
     """A job's rough cost in sampled responses (a trained response costs about two evaluation samples): the queue
     starts the longest ready job first, so that no long job runs alone at the end."""
-    kind, batch = job["kind"], study.prompts_per_step * study.group_size
     evals = study.eval_problems * study.eval_n
+    curve_k = study.curve_k_problems * study.curve_k_n
+    control_k = study.control_problems * study.control_n if job["world"] == "control" else 0
+
+    def grpo(steps: int) -> float:  # rollouts, the curve points (before step 1 and every curve_every), the final eval
+        batch = study.prompts_per_step * study.group_size
+        return 2 * steps * batch + (steps // study.curve_every + 1) * study.curve_problems * study.curve_n + evals
+
+    kind = job["kind"]
     if kind == "base":
-        evals += study.curve_k_problems * study.curve_k_n + (study.control_problems * study.control_n if job["world"] == "control" else 0)
-        return evals
-    curves = study.curve_problems * study.curve_n
+        return evals + curve_k + control_k
     if kind == "one_shot":
-        extra = study.curve_k_problems * study.curve_k_n if job["setting"] == "variance rule" and job["seed"] == study.seeds[0] else 0
-        return 2 * study.one_shot_steps * batch + (study.one_shot_steps // study.curve_every + 1) * curves + evals + extra
+        first_variance_run = job["setting"] == "variance rule" and job["seed"] == study.seeds[0]
+        return grpo(study.one_shot_steps) + (curve_k if first_variance_run else 0)
     if kind in ("full", "focal"):
-        extra = study.control_problems * study.control_n if job["world"] == "control" else 0
-        return 2 * study.full_steps * batch + (study.full_steps // study.curve_every + 1) * curves + evals + extra
+        return grpo(study.full_steps) + control_k
     if kind == "grpo_same_compute":
-        steps = study.distill_traces // study.distill_batch
-        return 2 * steps * batch + (steps // study.curve_every + 1) * curves + evals
+        return grpo(study.distill_traces // study.distill_batch)
     return 2 * study.distill_traces + evals  # sft
 
 
