@@ -32,7 +32,19 @@ from reprokit import registry
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-__all__ = ["PRESETS_DIR", "Parsed", "Recipe", "gpu_preset", "parse", "preset_names", "preset_path"]
+__all__ = [
+    "PAPER_PRESET",
+    "PRESETS_DIR",
+    "Parsed",
+    "Recipe",
+    "gpu_preset",
+    "parse",
+    "preset_departures",
+    "preset_names",
+    "preset_path",
+    "preset_values",
+    "render_value",
+]
 
 PRESETS_DIR = Path(os.environ.get("REPROKIT_PRESETS_DIR", Path(__file__).resolve().parents[1] / "recipes"))
 
@@ -135,6 +147,49 @@ def preset_path(recipe: str, name: str) -> Path:
     return path
 
 
+PAPER_PRESET = "paper"
+"""The preset holding a paper's own settings (recipes/<recipe>/paper.yaml); the others' departures are diffs from it."""
+
+_NOT_SETTINGS = ("run.run_dir", "run.description")
+
+
+def preset_values(recipe: Recipe, preset: str) -> dict[str, Any]:
+    """Every setting of ``preset`` (defaults included) as ``{"section.field": value}``, for the recipe's own sections."""
+    parser = build_parser(recipe)
+    cfg = parser.parse_args(["--config", str(preset_path(recipe.name, preset))])
+    values = {}
+    for section, cls in recipe.sections.items():
+        for f in fields(cls):
+            key = f"{section}.{f.name}" if section else f.name
+            if key not in _NOT_SETTINGS:
+                values[key] = cfg[key]
+    return values
+
+
+def preset_departures(recipe: Recipe, preset: str, reference: str = PAPER_PRESET) -> list[tuple[str, Any, Any]]:
+    """``(setting, the paper's value, the preset's value)`` for every setting in which ``preset`` differs from the
+    ``reference`` preset, in the recipe's section order."""
+    paper, mine = preset_values(recipe, reference), preset_values(recipe, preset)
+    return [(key, paper[key], mine[key]) for key in paper if paper[key] != mine[key]]
+
+
+def render_value(value: Any) -> str:
+    """A setting as its YAML preset writes it (2.0e-05, null, [math500, aime24])."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("...").strip()
+
+
+def _print_departures(recipe: Recipe, preset: str) -> None:
+    rows = preset_departures(recipe, preset)
+    print(f"{preset} against {PAPER_PRESET} ({preset_path(recipe.name, PAPER_PRESET)}): {len(rows)} settings differ")
+    width = max((len(key) for key, _, _ in rows), default=7)
+    for key, paper, mine in rows:
+        print(f"  {key:<{width}}  {render_value(paper):>14}  ->  {render_value(mine)}")
+    print("README.md gives each one's reason and expected effect.")
+
+
 def build_parser(recipe: Recipe) -> ArgumentParser:
     parser = ArgumentParser(
         prog=f"python -m reprokit.recipes.{recipe.name}",
@@ -152,6 +207,8 @@ def build_parser(recipe: Recipe) -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config (a copied and edited preset); later flags override it")
     if recipe.resumable:
         parser.add_argument("--resume", action=ActionYesNo, default=False, help="Continue the run in its run directory from its last checkpoint, with its saved config")
+    if PAPER_PRESET in presets:
+        parser.add_argument("--departures", action=ActionYesNo, default=False, help=f"Print the settings in which --preset differs from the paper's own ({PAPER_PRESET}) and exit")
     for name, cls in _sections(recipe).items():
         if name:
             parser.add_class_arguments(cls, name, as_group=True)
@@ -167,6 +224,12 @@ def parse(recipe: Recipe, argv: list[str] | None = None) -> Parsed:
         argv = [part for a in argv for part in (meaning if a == alias else [a])]
     argv = expand_short_flags(recipe, argv)
     _refuse_renamed(argv)
+    if "--departures" in argv:
+        chosen = _flag_value(argv, "--preset") or (recipe.default_preset() or (None, ""))[0] if recipe.default_preset else _flag_value(argv, "--preset")
+        if PAPER_PRESET not in preset_names(recipe.name) or not chosen:
+            raise SystemExit(f"--departures compares a preset with recipes/{recipe.name}/{PAPER_PRESET}.yaml: give --preset NAME")
+        _print_departures(recipe, chosen)
+        raise SystemExit(0)
     parser = build_parser(recipe)
     notes: list[str] = []
     preset = _flag_value(argv, "--preset")

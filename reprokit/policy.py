@@ -37,6 +37,7 @@ from reprokit.tiny import build_tiny_model, build_tiny_tokenizer, is_tiny, save_
 
 __all__ = [
     "COMPUTE_DTYPES",
+    "FINETUNES",
     "QUANTIZATIONS",
     "ModelConfig",
     "ModelConfigError",
@@ -232,13 +233,18 @@ def resolve_compute_dtype(compute_dtype: str, device: torch.device | str) -> tor
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None):
+FINETUNES = ("lora", "full")
+
+
+def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None, finetune: str = "lora"):
     """Load the policy: the frozen base (NF4 or full precision) with a trainable LoRA adapter, and its tokenizer.
 
     Args:
         cfg: what to load (see :class:`ModelConfig`).
         device: where the weights go; None = the current CUDA device if any, else CPU. 4-bit weights are
             quantized while loading onto this device, so load where you train.
+        finetune: ``lora`` (the adapter trains, the base is frozen) or ``full`` (the plain model, every weight
+            trainable; needs ``quantization: none``, and the LoRA fields of ``cfg`` are not used).
 
     Returns:
         ``(model, tokenizer)``: a peft ``PeftModelForCausalLM`` in train mode whose only trainable parameters are
@@ -251,8 +257,19 @@ def load_policy(cfg: ModelConfig, device: torch.device | str | int | None = None
         ModelLoadError: a local path that does not exist or is no model directory, or a Hub id that cannot be
             fetched; the message says how to pass a local directory instead.
     """
+    if finetune not in FINETUNES:
+        raise ModelConfigError(f"finetune={finetune!r}: use one of {', '.join(FINETUNES)}")
+    if finetune == "full" and cfg.quantization != "none":
+        raise ModelConfigError(
+            "full fine-tuning trains every weight, and 4-bit weights cannot be trained: set model.quantization "
+            "none, or fine-tune LoRA adapters"
+        )
     model, tokenizer = load_base_model(cfg, device)
     _freeze_base(model, cfg)
+    if finetune == "full":
+        model.requires_grad_(True)
+        model.train()
+        return model, tokenizer
     policy = _add_lora(model, cfg)
     # from_pretrained returns eval mode, and Lightning keeps submodule modes as it finds them: in eval mode
     # gradient checkpointing and LoRA dropout would silently stay off during training.
@@ -508,7 +525,9 @@ def eos_token_ids(tokenizer, model=None, *, chat_end: bool = True) -> list[int]:
     ``tokenizer.eos_token_id``; with ``chat_end`` also the chat-turn ends of :data:`CHAT_END_TOKENS`
     (``<|im_end|>``, ``<end_of_turn>``) that the vocabulary has, because a base model prompted with a chat layout
     (Qwen2.5-Math: ``<|im_end|>`` then ``<|endoftext|>``) ends its turn with one while its generation config only
-    lists its end-of-text token.
+    lists its end-of-text token. Without ``chat_end`` (the papers' verl, which stops at the generation config's
+    EOS only) those chat-turn ends are left out, also where :func:`load_policy` wrote them into the generation
+    config, unless the model's config or the tokenizer names one as its EOS.
     """
     ids: list[int] = []
 
@@ -524,6 +543,12 @@ def eos_token_ids(tokenizer, model=None, *, chat_end: bool = True) -> list[int]:
         add(getattr(generation_config, "eos_token_id", None))
         add(getattr(getattr(model, "config", None), "eos_token_id", None))
     add(tokenizer.eos_token_id)
+    if not chat_end:
+        # load_policy writes the chat-turn ends into the generation config (configure_padding); without chat_end
+        # they go, unless the model's own config or tokenizer names one as its EOS (an instruct model's <|im_end|>).
+        own = {tokenizer.eos_token_id, getattr(getattr(model, "config", None), "eos_token_id", None)}
+        markers = {tokenizer.convert_tokens_to_ids(m) for m in CHAT_END_TOKENS}
+        ids = [i for i in ids if i not in markers or i in own]
     if chat_end:
         for marker in CHAT_END_TOKENS:
             marker_id = tokenizer.convert_tokens_to_ids(marker)

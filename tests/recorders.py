@@ -12,8 +12,21 @@ class StepRecorder(L.Callback):
 
     ``<run_dir>/record/rank{R}-batch{B}.pt`` (B counts training batches from 0, skipped ones too) holds the adapter before the update, the prompts' example ids, the
     sampled rollout as the update saw it (after scoring), the gradient of the first optimizer update (before
-    clipping when max_grad_norm is null) and the step's logged metrics.
+    clipping when max_grad_norm is null), every optimizer update of the step as ``updates`` (the weights it started
+    from and its gradient, seen by a step pre-hook of the torch optimizer), and the step's logged metrics.
     """
+
+    def on_train_start(self, trainer, pl_module):
+        self._updates = []
+
+        def before_step(optimizer, args, kwargs):
+            named = [(n, p) for n, p in pl_module.model.named_parameters() if p.requires_grad]
+            self._updates.append({
+                "adapter": {n: p.detach().clone() for n, p in named},
+                "grads": {n: p.grad.detach().clone() for n, p in named if p.grad is not None},
+            })
+
+        trainer.optimizers[0].register_step_pre_hook(before_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._record = {
@@ -21,6 +34,7 @@ class StepRecorder(L.Callback):
             "example_ids": list(batch.example_ids),
         }
         self._grads = None
+        self._updates.clear()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self._grads is None:
@@ -32,6 +46,7 @@ class StepRecorder(L.Callback):
         ro = pl_module.last_rollout if self._grads is not None else None
         self._record.update(
             grads=self._grads,
+            updates=list(self._updates),
             metrics=dict(pl_module.last_metrics),
             rollout=None if ro is None else {k: v for k, v in vars(ro).items() if not k.startswith("_")},
             global_step=trainer.global_step,

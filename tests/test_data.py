@@ -273,6 +273,14 @@ def test_other_templates():
     assert all(name in str(err.value) for name in PROMPT_TEMPLATES)
 
 
+def test_chat_template_is_the_tokenizers_with_one_user_turn_and_no_system_prompt():
+    """verl's RL datasets: apply_chat_template([user], add_generation_prompt=True)."""
+    chat = render_prompt("Q?", "chat", make_tokenizer(CHATML), cot_suffix=False)
+    assert chat == "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ValueError, match="chat template"):
+        render_prompt("Q?", "chat", make_tokenizer(), cot_suffix=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Embedded examples
 

@@ -8,7 +8,15 @@ from fractions import Fraction
 import pytest
 import torch
 
-from reprokit.algorithms import aggregate, focal_mask, focal_threshold, group_advantages, kl_k3, policy_loss
+from reprokit.algorithms import (
+    aggregate,
+    focal_mask,
+    focal_threshold,
+    group_advantages,
+    kl_k3,
+    overlong_penalty,
+    policy_loss,
+)
 from reprokit.algorithms.grpo import _linear_quantile_kthvalue
 
 AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
@@ -444,3 +452,19 @@ def test_focal_threshold_above_torch_quantile_limit():
     got = focal_threshold(values, 0.2)
     want = np.quantile(values.numpy(), 0.8)
     assert got.item() == pytest.approx(float(want), abs=1e-6)
+
+
+def test_overlong_penalty_is_dapos_linear_ramp_over_the_buffer():
+    """verl's DAPO reward manager, restated: min(-(l - (L_max - L_cache)) / L_cache * factor, 0) per response."""
+    max_len, buffer, factor = 20, 8, 0.5
+    lengths = torch.tensor([1, 11, 12, 13, 16, 19, 20])
+
+    def restated(length: int) -> float:
+        exceed = length - (max_len - buffer)
+        return min(-exceed / buffer * factor, 0.0)
+
+    got = overlong_penalty(lengths, max_len, buffer, factor)
+    assert got.tolist() == pytest.approx([restated(int(n)) for n in lengths], abs=1e-7)
+    assert got[0] == 0 and got[2] == 0 and got[-1] == pytest.approx(-factor)
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(lengths, max_len, 0)

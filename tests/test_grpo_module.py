@@ -1,5 +1,6 @@
 """GRPOModule end to end: the real recipe entry points on CPU, resuming, learning, and DDP with two processes."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -181,3 +182,94 @@ def test_focal_tokens_cpu_preset_runs_through_its_entry_point(tmp_path, data_dir
     assert trainer.global_step == 1
     assert 0.0 < summary["train"]["focal/kept_frac"] <= 0.35
     assert (tmp_path / "focal" / "example_accuracy.json").is_file()
+
+
+def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for path in _tb_events(run_dir):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            values += [(e.step, e.value) for e in events.Scalars(tag)]
+    return sorted(values)
+
+
+def test_cpu_preset_with_mini_batches_counts_rollout_steps_and_updates_off_policy(tmp_path):
+    """8 prompts per step in mini-batches of 2: 4 optimizer updates per rollout step, 3 rollout steps in all; the
+    step count of checkpoints and TensorBoard is the rollout steps', and the updates after the first are off-policy."""
+    run_dir = tmp_path / "mini"
+    summary, trainer, module = one_shot.run([
+        "--preset", "cpu", "--run_dir", str(run_dir), "--grpo.mini_batch_size", "2", "--max_steps", "3",
+        "--run.checkpoint_every", "1", "--run.val_every", "0", "--eval.limit", "20",
+    ])
+    assert trainer.global_step == 3 and summary["steps"] == 3
+    assert len(module.last_updates) == 4 and module.last_metrics["update/optimizer_steps"] == 4
+    assert [m["ratio/deviation_max"] for m in module.last_updates][0] == 0.0
+    assert min(m["ratio/deviation_max"] for m in module.last_updates[1:]) > 0.0, "later updates should be off-policy"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.ckpt")) == ["step-1.ckpt", "step-2.ckpt", "step-3.ckpt"]
+    logged = _scalars(run_dir, "update/optimizer_steps")
+    assert [value for _, value in logged] == [4.0, 4.0, 4.0]
+    assert len({step for step, _ in logged}) == 3 and max(step for step, _ in logged) <= 3
+
+
+def always_right(completions, answers, **fields):
+    return [1.0] * len(completions)
+
+
+def test_overlong_punishment_shapes_the_advantage_but_not_which_groups_are_informative():
+    from reprokit.algorithms import group_advantages, overlong_penalty
+
+    torch.manual_seed(0)
+    model, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", lora_r=4, gradient_checkpointing=False))
+    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=3, template="none", cot_suffix=False)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    cfg = GRPOConfig(group_size=4, temperature=1.0, max_new_tokens=12, overlong_buffer=6, overlong_penalty=0.5, kl_coef=0.0)
+    module = GRPOModule(model, tokenizer, cfg, reward_fn=always_right)
+    ro, metrics = module.rollout(batch)
+    lengths = ro.attention_mask[:, ro.prompt_len :].sum(-1)  # [N] response tokens, the EOS included
+    assert len(set(lengths.tolist())) > 1, "the responses should differ in length for the check to mean anything"
+    shaped = 1.0 + overlong_penalty(lengths, 12, 6, 0.5)
+    assert torch.allclose(ro.advantages, group_advantages(shaped, 4), atol=1e-6)
+    assert metrics["reward/mean"] == 1.0 and metrics["reward/overlong_penalty"] == pytest.approx(float(shaped.mean() - 1))
+
+    filtering = GRPOModule(model, tokenizer, dataclasses.replace(cfg, dynamic_sampling=True), reward_fn=always_right)
+    ro, metrics = filtering.rollout(batch)
+    assert ro.num_real_rows == 0 and metrics["groups/informative_frac"] == 0.0, "every group is right: none informative"
+
+
+def test_responses_stop_at_the_chat_end_token_only_when_asked():
+    model, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", lora_r=4, gradient_checkpointing=False))
+    im_end, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id
+    kit = GRPOModule(model, tokenizer, GRPOConfig(kl_coef=0.0))
+    paper = GRPOModule(model, tokenizer, GRPOConfig(kl_coef=0.0, stop_at_chat_end=False))
+    assert im_end in kit.eos_ids and eos in kit.eos_ids
+    assert paper.eos_ids == [eos], "the papers' verl stops only at the generation config's EOS"
+
+
+def test_a_second_run_into_the_same_run_dir_is_refused_and_the_first_run_loses_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["--preset", "cpu", "--run_dir", str(run_dir), "--max_steps", "1", "--run.val_every", "0", "--eval.limit", "10"]
+    one_shot.run(argv)
+    held = {p: p.read_bytes() for p in [*run_dir.rglob("*.ckpt"), *run_dir.rglob("events.out.tfevents.*"), run_dir / "config.yaml"]}
+    assert any(p.suffix == ".ckpt" for p in held) and _tb_events(run_dir)
+    with pytest.raises(SystemExit, match="--resume --run_dir"):
+        one_shot.run(argv)
+    after = {p: p.read_bytes() for p in [*run_dir.rglob("*.ckpt"), *run_dir.rglob("events.out.tfevents.*"), run_dir / "config.yaml"]}
+    assert after == held, "the refused run changed the first run's files"
+
+
+def test_a_run_whose_output_is_no_terminal_prints_plain_progress_lines_and_no_accelerator_census(tmp_path, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    one_shot.run(["--preset", "cpu", "--run_dir", str(tmp_path / "log"), "--max_steps", "3", "--run.log_every", "2",
+                  "--run.val_every", "0", "--eval.limit", "10"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("[reprokit] step ")]
+    assert [line.split(";")[0] for line in lines] == ["[reprokit] step 2/3", "[reprokit] step 3/3"]
+    assert all("reward" in line and "min left" in line for line in lines)
+    census = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("GPU available", "TPU available"))]
+    assert not census and "GPU available" not in out

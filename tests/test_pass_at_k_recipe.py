@@ -269,6 +269,22 @@ def test_training_checkpoint_spec(tmp_path):
     assert report.generated == 2 and len(read_samples(out)) == 2
 
 
+def test_full_fine_tuning_checkpoint_spec_loads_every_trained_weight(tmp_path):
+    from reprokit.recipes import one_shot
+
+    run_dir = tmp_path / "full"
+    argv = ["--preset", "cpu", "--model.name_or_path", "tiny", "--model.quantization", "none", "--grpo.finetune", "full",
+            "--eval.benchmarks", "[]", "--run_dir", str(run_dir), "--max_steps", "1", "--run.progress_bar", "false"]
+    one_shot.run(argv)
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    model, _ = load_model_spec(str(run_dir), device="cpu")
+    state = model.state_dict()
+    assert saved and not any("lora_" in k for k in saved) and not any(k.startswith("reference.") for k in saved)
+    assert {k.removeprefix("model.") for k in saved} == {n for n, _ in model.named_parameters()}
+    for key, value in saved.items():
+        assert torch.equal(state[key.removeprefix("model.")], value), key
+
+
 def test_peft_adapter_folder_spec(tmp_path, tiny_dirs):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -3,6 +3,7 @@ module's first docstring line, and which files one GRPO training step runs throu
 
     python tools/code_map.py            # the import graph and docstrings
     python tools/code_map.py --step     # also trace one step of `one_shot` on a tiny model (about 20 s)
+    python tools/code_map.py --sizes    # also class and function lengths, config widths, definitions only tests use
 
 The core is every module of ``reprokit`` outside ``reprokit.worlds`` and ``reprokit.recipes``.
 """
@@ -186,9 +187,55 @@ def trace_step() -> dict:
     return {"spine": list(spine), "path": sorted(path_files), "step": sorted(step_files), "hops": sorted(hops)}
 
 
+def sizes(limit_function: int = 100, limit_fields: int = 16) -> dict:
+    """Sizes a reader feels: LightningModule classes (lines), functions over ``limit_function`` lines, config
+    dataclasses over ``limit_fields`` fields, and top-level definitions of the package that nothing outside tests
+    uses (a name referenced by no other package file, recipe, benchmark or tool, and not by its own file)."""
+    modules_ = modules()
+    trees = {name: ast.parse(path.read_text()) for name, path in modules_.items()}
+    lightning, long_functions, wide_configs, defined = [], [], [], {}
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = {ast.unparse(b) for b in node.bases}
+                if bases & {"L.LightningModule", "LightningModule", "pl.LightningModule"}:
+                    lightning.append((f"{name}.{node.name}", node.end_lineno - node.lineno + 1))
+                is_dataclass = any("dataclass" in ast.unparse(d) for d in node.decorator_list)
+                field_count = sum(isinstance(b, ast.AnnAssign) for b in node.body)
+                if is_dataclass and field_count > limit_fields:
+                    wide_configs.append((f"{name}.{node.name}", field_count))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit_function:
+                    long_functions.append((f"{name}:{node.name}", length))
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("__"):
+                defined[node.name] = name
+    # Where each top-level name is used (read or called, as a name or an attribute; strings naming a
+    # "module:function" count too; an import or an __all__ entry does not): the package, benchmarks and tools.
+    used: dict[Path, set[str]] = {}
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]:
+        if path == Path(__file__).resolve():
+            continue
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
+                names.add(node.value.rpartition(":")[2].split(".")[0])
+        used[path] = names
+    unused = [f"{module}.{def_name}" for def_name, module in sorted(defined.items())
+              if not any(def_name in names for names in used.values())]
+    return {"lightning_modules": lightning, "long_functions": sorted(long_functions, key=lambda x: -x[1]),
+            "wide_configs": wide_configs, "unused_outside_tests": unused}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step", action="store_true", help="also trace one training step")
+    parser.add_argument("--sizes", action="store_true", help="also the sizes: LightningModule classes, long functions, wide configs, unused definitions")
     args = parser.parse_args()
     edges = graph()
     found = cycles(edges)
@@ -202,6 +249,18 @@ def main() -> None:
         print(f"    {a} -> {b}")
     missing = [name for name, path in modules().items() if not first_line(path)]
     print(f"modules without a docstring: {len(missing)} {missing}")
+    if args.sizes:
+        found_sizes = sizes()
+        print("LightningModule classes (lines): " + ", ".join(f"{n} {k}" for n, k in found_sizes["lightning_modules"]))
+        print(f"functions over 100 lines: {len(found_sizes['long_functions'])}")
+        for n, k in found_sizes["long_functions"]:
+            print(f"    {n} {k}")
+        print(f"config dataclasses over 16 fields: {len(found_sizes['wide_configs'])}")
+        for n, k in found_sizes["wide_configs"]:
+            print(f"    {n} {k}")
+        print(f"top-level definitions used by nothing outside tests: {len(found_sizes['unused_outside_tests'])}")
+        for n in found_sizes["unused_outside_tests"]:
+            print(f"    {n}")
     if args.step:
         result = trace_step()
         print(f"files to follow one step from the command line to the optimizer (on the stack at sampling, scoring, "

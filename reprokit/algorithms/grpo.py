@@ -31,10 +31,12 @@ __all__ = [
     "aggregate_denominator",
     "aggregate_numerator",
     "focal_mask",
+    "focal_count",
     "focal_threshold",
     "focal_topk",
     "grpo_objective",
     "kl_k3",
+    "overlong_penalty",
     "policy_loss",
     "policy_loss_tokens",
 ]
@@ -98,6 +100,26 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
         std = _unbiased_std(rewards, dim=0)  # [1]
         centred = centred / (std + eps)  # [num_groups, G]
     return centred.reshape(n)  # [N]
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment, added to the reward: 0 up to ``max_len - buffer`` tokens, then falling
+    linearly to ``-factor`` at ``max_len`` (verl's DAPO reward manager: ``min(-(l - (max_len - buffer)) / buffer
+    * factor, 0)``).
+
+    Args:
+        lengths: ``[N]`` response lengths in tokens (the EOS included, as verl counts its response mask).
+        max_len: the maximum response length (max_new_tokens).
+        buffer: the soft zone in tokens, ``0 < buffer < max_len``.
+        factor: the penalty at ``max_len``.
+
+    Returns:
+        ``[N]`` float32 penalties, each in ``[-factor, 0]``.
+    """
+    if not 0 < buffer < max_len:
+        raise ValueError(f"overlong buffer must be in (0, max_len={max_len}), got {buffer}")
+    excess = lengths.float() - (max_len - buffer)  # [N]
+    return (-excess / buffer * factor).clamp(max=0.0)  # [N]
 
 
 def _unbiased_std(x: Tensor, dim: int) -> Tensor:
@@ -266,6 +288,11 @@ class PolicyLossTokens:
             out["clip/dual_frac"] = (self.dual & valid).sum().float()  # []
         out["ratio/mean"] = torch.where(valid, self.ratio, torch.zeros_like(self.ratio)).sum().float()  # []
         return out
+
+    def deviation_max(self, mask: Tensor) -> Tensor:
+        """max |ratio - 1| over the tokens of ``mask`` (0 when there are none): how far off-policy an update is."""
+        deviation = torch.where(mask.bool(), (self.ratio - 1.0).abs(), torch.zeros_like(self.ratio))  # [B, T]
+        return deviation.max().float() if deviation.numel() else torch.zeros((), device=self.ratio.device)  # []
 
 
 def policy_loss_tokens(
@@ -452,6 +479,12 @@ def focal_mask(
     return keep, threshold
 
 
+def focal_count(n: int, rho: float) -> int:
+    """How many of ``n`` valid tokens the focal mask keeps: ``ceil(rho * n)`` (at most n)."""
+    _check_rho(rho)
+    return min(n, math.ceil(rho * n - 1e-9))  # the epsilon keeps 0.2 * 10 from rounding up to 3
+
+
 def focal_topk(values: Tensor, rho: float) -> tuple[Tensor, Tensor]:
     """Which of ``values`` ``[M]`` are the ``ceil(rho * M)`` highest (ties: lower index first), and the smallest
     kept value (``+inf`` for an empty input)."""
@@ -461,7 +494,7 @@ def focal_topk(values: Tensor, rho: float) -> tuple[Tensor, Tensor]:
     keep = torch.zeros(m, dtype=torch.bool, device=values.device)  # [M]
     if m == 0:
         return keep, torch.tensor(math.inf, device=values.device)
-    k = min(m, math.ceil(rho * m - 1e-9))  # the epsilon keeps 0.2 * 10 from rounding up to 3
+    k = focal_count(m, rho)
     order = torch.argsort(values, descending=True, stable=True)  # [M] stable: ties keep index order
     keep[order[:k]] = True
     return keep, values[order[k - 1]]
@@ -552,7 +585,8 @@ def grpo_objective(
         ``(loss, metrics)``: metrics are this micro-batch's detached shares, on the same scale as the loss, so
         they too add up over micro-batches to the batch's value: ``loss/pg``, ``loss/total``, ``entropy/mean``
         (per valid token), ``entropy/kept_mean`` (per policy-gradient token), ``kl/mean`` (when ``kl_coef > 0``),
-        ``clip/*`` and ``ratio/mean`` (per policy-gradient token).
+        ``clip/*`` and ``ratio/mean`` (per policy-gradient token); except ``ratio/deviation_max``, the largest
+        ``|ratio - 1|`` of the micro-batch's policy-gradient tokens, which combines by its maximum.
     """
     if kl_coef > 0 and ref_logp is None:
         raise ValueError("grpo_objective: kl_coef > 0 needs ref_logp (the reference model's log-probs)")
@@ -584,4 +618,5 @@ def grpo_objective(
             metrics["kl/mean"] = kl.detach()
         for key, count in tokens.counts(pg_f).items():
             metrics[key] = per(count, denominators.pg_tokens)
+        metrics["ratio/deviation_max"] = tokens.deviation_max(pg_f)  # a max: not a share, not summed
     return loss, metrics

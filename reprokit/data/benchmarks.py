@@ -19,7 +19,7 @@ from reprokit.data._hub import load_hub_dataset
 from reprokit.data.errors import DataError
 from reprokit.data.readers import AUTO, Example, _build_examples, _hf_records, _jsonl_records, _lookup, _RowError, _text
 
-__all__ = ["BENCHMARKS", "Benchmark", "load_benchmark", "load_problems"]
+__all__ = ["BENCHMARKS", "Benchmark", "default_data_dirs", "load_benchmark", "load_problems"]
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -59,6 +59,19 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+# A source checkout's sibling data folder (the layout of this project's machines: <root>/main and <root>/shared/data).
+_BESIDE_CHECKOUT = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def default_data_dirs() -> list[Path]:
+    """Where data is looked for when no folder is given: ``$REPROKIT_DATA_DIR``, then ``../shared/data`` beside a
+    source checkout, each only if it exists."""
+    found = [Path(os.environ["REPROKIT_DATA_DIR"])] if os.environ.get("REPROKIT_DATA_DIR") else []
+    if _BESIDE_CHECKOUT.is_dir():
+        found.append(_BESIDE_CHECKOUT)
+    return found
+
+
 def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[Example]:
     """Load a benchmark as examples; ``fields["benchmark"]`` holds its name and ids are ``"<name>/<row>"``.
 
@@ -67,7 +80,8 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
             ``world_hard``: the CPU world's test split and harder slice), or ``"package.module:function"``
             called as ``function(name, limit)`` and returning the examples.
         data_dir: folder with ``eval/<name>/*.jsonl`` (or the ``eval`` folder itself); default
-            ``$REPROKIT_DATA_DIR``. Without a local copy the Hub is tried.
+            ``$REPROKIT_DATA_DIR``, then ``../shared/data`` beside a source checkout. Without a local copy the Hub
+            is tried.
         limit: keep only the first ``limit`` problems (quick runs).
 
     Raises:
@@ -90,8 +104,8 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
         return load(name, limit)  # e.g. generated in-process from the CPU world's seed: no file to find
     spec = BENCHMARKS[name]
     roots = [Path(data_dir)] if data_dir is not None else []
-    if data_dir is None and os.environ.get("REPROKIT_DATA_DIR"):
-        roots.append(Path(os.environ["REPROKIT_DATA_DIR"]))
+    if data_dir is None:
+        roots += default_data_dirs()
     tried: list[str] = []
     path = None
     for root in roots:
@@ -106,7 +120,7 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
     else:
         dataset, reason = load_hub_dataset(spec.hub_id, spec.hub_config, spec.hub_split)
         if dataset is None:
-            where = ", ".join(tried) if tried else "no local folder (data_dir and REPROKIT_DATA_DIR are unset)"
+            where = ", ".join(tried) if tried else "no local folder (data_dir and REPROKIT_DATA_DIR are unset, no ../shared/data beside the checkout)"
             raise DataError(
                 f"benchmark {name!r} not found: tried {where}; Hugging Face Hub dataset {spec.hub_id!r} "
                 f"is not reachable ({reason}). Set --data_dir or REPROKIT_DATA_DIR to a folder laid out as "

@@ -1,7 +1,8 @@
 """Prompt templates: how a problem becomes the text the policy continues.
 
 ``qwen25-math-cot`` is the prompt of the 1-shot RLVR paper and of the Qwen2.5-Math evaluation
-(the tokenizer's chat template, Qwen2.5-Math system prompt); ``r1`` is the plain-text
+(the tokenizer's chat template, Qwen2.5-Math system prompt); ``chat`` is the tokenizer's chat template with the
+problem as the only (user) turn, as verl renders the 80/20 paper's prompts; ``r1`` is the plain-text
 DeepSeek-R1-Zero prompt; ``none`` is the bare problem (Dr. GRPO found Qwen2.5-Math base models
 score best with no template). Any string containing ``{question}`` is a template too.
 """
@@ -48,6 +49,17 @@ def _qwen25_math_cot(question: str, tokenizer: Any = None) -> str:
     )
 
 
+def _chat(question: str, tokenizer: Any = None) -> str:
+    """The tokenizer's own chat template with the problem as the one user turn and no system prompt, ready for the
+    assistant turn: how verl's RL datasets render a prompt (``apply_chat_template([user], add_generation_prompt)``)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"template 'chat' needs a tokenizer with a chat template, and {type(tokenizer).__name__} has none; use "
+            "template 'qwen25-math-cot', 'none' or a format string with {question} (data.template)"
+        )
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+
+
 def _knows(tokenizer: Any, token: str) -> bool:
     token_id = tokenizer.convert_tokens_to_ids(token)
     return isinstance(token_id, int) and token_id != getattr(tokenizer, "unk_token_id", None)
@@ -65,6 +77,7 @@ def _none(question: str, tokenizer: Any = None) -> str:
 
 PROMPT_TEMPLATES: dict[str, Callable[[str, Any], str]] = {
     "qwen25-math-cot": _qwen25_math_cot,
+    "chat": _chat,
     "r1": _r1,
     "none": _none,
 }
@@ -79,7 +92,7 @@ def render_prompt(
         question: the problem text.
         template: a name from :data:`PROMPT_TEMPLATES`, or a format string containing ``{question}``
             (only ``{question}`` is substituted, so other braces such as ``\\boxed{}`` stay as written).
-        tokenizer: a transformers tokenizer; only ``qwen25-math-cot`` uses it (its chat template).
+        tokenizer: a transformers tokenizer; ``qwen25-math-cot`` and ``chat`` use it (its chat template).
         cot_suffix: append :data:`COT_SUFFIX` to the problem, as the 1-shot RLVR data does, unless the
             problem already ends with it (verl training files already carry it).
 
@@ -100,4 +113,4 @@ def render_prompt(
 
 def uses_chat_markup(template: str) -> bool:
     """Whether the rendered text already holds the model's special markers (no BOS/EOS to add)."""
-    return template == "qwen25-math-cot"
+    return template in ("qwen25-math-cot", "chat")

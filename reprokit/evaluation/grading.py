@@ -19,8 +19,68 @@ from reprokit.data.templates import render_prompt, uses_chat_markup
 from reprokit.evaluation.samples import Sample, SampleWriter, read_samples, write_samples_atomically
 from reprokit.evaluation.specs import model_device
 from reprokit.rewards import reward_keywords, score
+from reprokit.sampling import Completions, seeded_generator
 
-__all__ = ["SamplingReport", "correctness_by_problem", "grade", "regrade_samples", "render_prompts", "sample_to_jsonl"]
+__all__ = [
+    "Graded",
+    "SamplingReport",
+    "correctness_by_problem",
+    "grade",
+    "regrade_samples",
+    "render_prompts",
+    "sample_and_grade",
+    "sample_to_jsonl",
+]
+
+
+@dataclass
+class Graded:
+    """``n`` responses to each of a batch's prompts (group-contiguous: prompt i's at i*n … i*n+n-1) and their rewards."""
+
+    comps: Completions
+    rewards: torch.Tensor  # [P*n] float32, on the prompts' device
+    n: int
+
+    def correct(self) -> list[int]:
+        """Responses per prompt whose reward is >= 1 (counted as solving it)."""
+        return (self.rewards >= 1.0).view(-1, self.n).sum(-1).tolist()
+
+
+def sample_and_grade(
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    answers: Sequence[str],
+    fields: Sequence[Mapping],
+    *,
+    n: int,
+    reward_fn: Callable[..., list[float]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    eos_ids: list[int] | None = None,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    reward_generator: torch.Generator | None = None,
+) -> Graded:
+    """Sample ``n`` responses to each prompt and grade them: the one path every rollout, validation, evaluation and
+    CPU-world measurement goes through (:func:`reprokit.sampling.generate`, then :func:`reprokit.rewards.score`).
+
+    Args:
+        input_ids, attention_mask: ``[P, L]`` left-padded prompts on the model's device.
+        answers, fields: each prompt's reference answer and its example fields (the reward's keywords).
+        generator / reward_generator: the sampling stream and the one a random reward draws from.
+    """
+    from reprokit.sampling import generate
+
+    comps = generate(
+        model, tokenizer, input_ids, attention_mask, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p if temperature > 0 else 1.0, eos_ids=eos_ids, batch_size=batch_size, generator=generator,
+    )
+    expanded = [a for a in answers for _ in range(n)]
+    rewards = score(reward_fn, comps.texts, expanded, reward_keywords(list(fields), n), generator=reward_generator)
+    return Graded(comps=comps, rewards=torch.tensor(rewards, dtype=torch.float32, device=input_ids.device), n=n)
 
 
 @dataclass
@@ -90,7 +150,6 @@ def sample_to_jsonl(
     from tqdm.auto import tqdm
 
     from reprokit.policy import eos_token_ids
-    from reprokit.sampling import generate
 
     if n < 1 or batch_problems < 1:
         raise ValueError(f"sample_to_jsonl: n={n} and batch_problems={batch_problems} must be >= 1")
@@ -139,19 +198,14 @@ def sample_to_jsonl(
                 chunk = group[begin : begin + per_call]
                 batch = collate_prompts([items[ex.id] for ex, _ in chunk], pad_id)
                 problem_ids = [ex.id for ex, _ in chunk]
-                torch.manual_seed(_batch_seed(seed, model_name, problem_ids, [i for _, part in chunk for i in part]))
-                comps = generate(
-                    model,
-                    tokenizer,
-                    batch.input_ids.to(device),
-                    batch.attention_mask.to(device),
-                    n=count,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p if temperature > 0 else 1.0,
-                    eos_ids=eos_ids,
+                key = _batch_seed(seed, model_name, problem_ids, [i for _, part in chunk for i in part])
+                graded = sample_and_grade(
+                    model, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device),
+                    [ex.answer for ex, _ in chunk], [ex.fields for ex, _ in chunk], n=count, reward_fn=reward_fn,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, eos_ids=eos_ids,
+                    generator=seeded_generator(device, key), reward_generator=seeded_generator("cpu", key, "reward"),
                 )
-                rewards = grade(reward_fn, comps.texts, [ex for ex, _ in chunk], [count] * len(chunk))
+                comps, rewards = graded.comps, graded.rewards.tolist()
                 lengths = comps.lengths.tolist()
                 truncated = comps.truncated.tolist()
                 rows = []

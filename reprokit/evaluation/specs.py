@@ -9,8 +9,9 @@
     runs/x/checkpoints/step-500.ckpt          a training checkpoint (LoRA tensors); ".ckpt" may be left out
     runs/x                                    a run folder: its checkpoints/last.ckpt
 
-A checkpoint holds only the adapter: the base comes from the ``model`` section of the run's
-``config.yaml`` (two folders above the checkpoint) and is loaded with :func:`reprokit.policy.load_policy`.
+A checkpoint holds only the adapter (or every weight, for a run with ``finetune: full``): the base comes from the
+``model`` section of the run's ``config.yaml`` (two folders above the checkpoint) and is loaded with
+:func:`reprokit.policy.load_policy`.
 """
 
 from __future__ import annotations
@@ -283,7 +284,11 @@ def _load_checkpoint(spec: str, ckpt: Path, quantization: str, device: torch.dev
     if not isinstance(tensors, Mapping) or not tensors:
         raise ModelSpecError(f"model spec {spec!r}: checkpoint {ckpt} has no state_dict of adapter tensors")
     adapter = {k.removeprefix("model."): v for k, v in tensors.items()}
-    model, tokenizer = load_policy(ModelConfig(**options), device=device)
+    # A run that trained every weight (grpo.finetune or train.finetune full) saved every weight, in full precision.
+    finetune = next((s.get("finetune") for s in (saved.get("grpo"), saved.get("train")) if isinstance(s, Mapping) and s.get("finetune")), "lora")
+    if finetune == "full":
+        options["quantization"] = "none"
+    model, tokenizer = load_policy(ModelConfig(**options), device=device, finetune=finetune)
     try:
         load_trainable_state_dict(model, adapter)
     except (KeyError, ValueError) as err:

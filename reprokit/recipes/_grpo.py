@@ -15,7 +15,7 @@ from reprokit.data import EvalDataModule, Validation
 from reprokit.metrics.functional import bootstrap_interval
 from reprokit.policy import ModelConfig, load_policy
 from reprokit.training.grpo import GRPOConfig, GRPOModule
-from reprokit.training.trainer import RunConfig, build_trainer, last_checkpoint
+from reprokit.training.trainer import RunConfig, build_trainer, last_checkpoint, refuse_to_overwrite
 
 __all__ = ["grpo_recipe", "run_grpo_recipe"]
 
@@ -45,21 +45,22 @@ def run_grpo_recipe(
     parsed.print_notes()
     run: RunConfig = parsed.section("run")
     run_dir = Path(run.run_dir)
+    refuse_to_overwrite(run_dir, parsed.resume)
     config_path = parsed.save(run_dir)
     print(f"[reprokit] run directory {run_dir} (config saved to {config_path})")
     L.seed_everything(run.seed, workers=True, verbose=False)
 
-    model, tokenizer = load_policy(parsed.section("model"))
+    grpo: GRPOConfig = parsed.section("grpo")
+    model, tokenizer = load_policy(parsed.section("model"), finetune=grpo.finetune)
     ev: Validation = parsed.section("eval")
     data = parsed.section("data")
     train_data = build_data(tokenizer, data, run.seed, ev if ev.benchmarks and run.val_every else None)
     eval_dl = _eval_dataloader(ev, tokenizer, data)
 
-    grpo: GRPOConfig = parsed.section("grpo")
     if grpo.accuracy_file is None:
         grpo.accuracy_file = str(run_dir / "example_accuracy.json")
     module = GRPOModule(model, tokenizer, grpo, run_dir=str(run_dir), seed=run.seed)
-    trainer = build_trainer(run, run_dir, val_every=run.val_every if eval_dl is not None else 0)
+    trainer = build_trainer(run, run_dir, val_every=run.val_every if eval_dl is not None else 0, model=model)
     ckpt = last_checkpoint(run_dir) if parsed.resume else None
     if parsed.resume and ckpt is None:
         raise SystemExit(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
@@ -77,7 +78,33 @@ def run_grpo_recipe(
     }
     if trainer.is_global_zero:
         _report(run_dir, summary)
+        print(f"[reprokit] the paper's evaluation of its checkpoints: {evaluate_command(parsed, run_dir)}")
     return summary, trainer, module
+
+
+def evaluate_command(parsed, run_dir: Path) -> str:
+    """The `evaluate` command that scores this run's checkpoints against its base: the CPU world's protocol (with the
+    run's world settings) for a world base, the 1-shot paper's six benchmarks otherwise."""
+    import shlex
+    from dataclasses import asdict, fields
+
+    from reprokit import registry
+
+    base = parsed.section("model").name_or_path
+    args = ["python", "-m", "reprokit.recipes.evaluate", "--models", f"base={base}", f"rl={run_dir}"]
+    if registry.lookup("model", base) and base == "world":
+        args += ["--protocol", "cpu-world"]
+        for section in registry.names("section"):
+            value = parsed.section(section)
+            default = type(value)()
+            args += [
+                item for f in fields(value) if getattr(value, f.name) != getattr(default, f.name)
+                for item in (f"--{section}.{f.name}", str(asdict(value)[f.name]))
+            ]
+    else:
+        args += ["--protocol", "one-shot-rlvr"]
+    args += ["--run_dir", str(Path("runs") / "evaluate" / run_dir.name)]
+    return shlex.join(args)
 
 
 def _eval_dataloader(ev: Validation, tokenizer, data):

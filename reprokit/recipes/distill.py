@@ -45,7 +45,7 @@ from reprokit.data.templates import uses_chat_markup
 from reprokit.policy import ModelConfig, load_policy
 from reprokit.training.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
 from reprokit.training.sft import CausalLMModule, SFTDataModule, read_pairs
-from reprokit.training.trainer import RunConfig, build_trainer, last_checkpoint
+from reprokit.training.trainer import RunConfig, build_trainer, last_checkpoint, refuse_to_overwrite
 
 
 @dataclass
@@ -61,7 +61,7 @@ class DistillData:
     response_field: str = "response"
     """Field holding the teacher's full response (reasoning and final answer)."""
     template: str = "qwen25-math-cot"
-    """Prompt template, as in the GRPO recipes: qwen25-math-cot, r1, none, or a format string with {question}."""
+    """Prompt template, as in the GRPO recipes: qwen25-math-cot, chat, r1, none, or a format string with {question}."""
     cot_suffix: bool = True
     """Append " Let's think step by step and output the final answer within \\boxed{}." to each problem."""
     max_length: int = 4096
@@ -129,6 +129,7 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, "DistillModule"
             "set --model.quantization none, or keep --train.finetune lora"
         )
     run_dir = Path(run_cfg.run_dir)
+    refuse_to_overwrite(run_dir, parsed.resume)
     config_path = parsed.save(run_dir)
     print(f"[reprokit] run directory {run_dir} (config saved to {config_path})")
     L.seed_everything(run_cfg.seed, workers=True, verbose=False)
@@ -138,7 +139,7 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, "DistillModule"
         # A registered trace set (world:teacher_alt) is written into the run directory, then read like any file.
         write = registry.resolve("traces", prefix, what="data.file")
         data.file = str(write(rest, run_dir / "teacher_traces.jsonl"))
-    model, tokenizer = load_student(model_cfg, train.finetune)
+    model, tokenizer = load_policy(model_cfg, finetune=train.finetune)
     pairs = teacher_pairs(data, tokenizer)
     print(f"[reprokit] {len(pairs)} teacher traces from {data.file}")
     datamodule = SFTDataModule(
@@ -171,17 +172,6 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, "DistillModule"
         print(f"[reprokit] TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
         print(f"[reprokit] checkpoints: {run_dir / 'checkpoints'} (evaluate with python -m reprokit.recipes.pass_at_k)")
     return summary, trainer, module
-
-
-def load_student(model_cfg: ModelConfig, finetune: str):
-    """The model to train: LoRA adapters on a frozen base, or (full) the plain base with every weight trainable."""
-    model, tokenizer = load_policy(model_cfg)
-    if finetune == "full":
-        # The fresh adapter is zero (LoRA's B starts at 0), so merging it leaves the base weights exactly as loaded.
-        model = model.merge_and_unload()
-        model.requires_grad_(True)
-        model.train()
-    return model, tokenizer
 
 
 def teacher_pairs(data: DistillData, tokenizer) -> list[tuple[str, str]]:

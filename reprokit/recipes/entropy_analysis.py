@@ -85,7 +85,7 @@ class EntropyOptions:
     limit: int | None = 100
     """Problems to sample (the first ones); None = all."""
     template: str = "qwen25-math-cot"
-    """Prompt template, as in the training recipes: qwen25-math-cot, r1, none, or a format string with {question}."""
+    """Prompt template, as in the training recipes: qwen25-math-cot, chat, r1, none, or a format string with {question}."""
     cot_suffix: bool = True
     """Append " Let's think step by step and output the final answer within \\boxed{}." to each problem."""
     max_prompt_length: int = 1024

@@ -2,31 +2,36 @@
 
 What it reproduces: a DAPO-style policy gradient applied ONLY to the top ρ = 20% highest-entropy response
 tokens ("forking" tokens such as "wait", "thus", "suppose") matches or beats training on every token.
-The entropy threshold is the (1 − ρ) quantile over all valid response tokens of the rollout batch, pooled
-across micro-batches and processes, never per sequence; padding never counts. KL and entropy terms (both 0
-in DAPO) are not masked.
+`--grpo.focal_scope batch` (default) takes the top ⌈ρ·N⌉ of all N valid response tokens of the rollout batch,
+pooled across micro-batches and processes, from the rollout's entropies (the paper's formula);
+`--grpo.focal_scope micro_batch` takes the top ⌈ρ·n⌉ of each micro-batch on each process from the training
+forward's entropy, recomputed at every update (the released code's get_global_entropy_top_mask). Padding never
+counts; KL and entropy terms (both 0 in DAPO) are not masked.
 
 Recipe (DAPO, as the paper's base algorithm): clip-low 0.2 / clip-high 0.28, token-mean loss, no KL, no
 entropy bonus, dynamic sampling (groups whose rewards are all equal are dropped and further prompts sampled
-until the step holds prompts_per_step informative groups, up to grpo.max_refill_rounds extra rounds),
-truncated responses masked out (the overlong filter), rollout temperature 1.0. Exactly ceil(rho * N) of the
-batch's N valid tokens are kept (ties at the threshold go to the earlier tokens). Data: DSR-sub (1209 problems) by default, or any
-file / Hugging Face dataset with question and answer fields.
+until the step holds prompts_per_step informative groups, up to grpo.max_refill_rounds extra rounds), several
+optimizer updates per rollout step (grpo.mini_batch_size; the later ones off-policy, where clip-higher acts),
+rollout temperature 1.0, DAPO's soft overlong punishment (grpo.overlong_buffer) or the masking of truncated
+responses (grpo.mask_truncated). Data: DSR-sub (1209 problems) by default, or any file / Hugging Face dataset
+with question and answer fields.
 
-Where it departs from the paper (one GPU): Qwen2.5-Math-1.5B with LoRA on a 4-bit base instead of full
-fine-tuning of Qwen3-8B/14B/32B; smaller batches; refill draws random prompts of the training set (DAPO
-takes the next batches of its stream); the soft overlong penalty is replaced by masking truncated responses.
+The released code's run is the `paper` preset (Qwen3-14B-Base, full fine-tuning, 512 prompts × 16 responses,
+16 updates per step, 20480-token responses, 16 nodes × 8 GPUs with FSDP). The one-GPU preset departs from it
+(`--departures` prints how; README gives each reason): Qwen2.5-Math-1.5B with LoRA on a 4-bit base, 16 × 8 per
+step in 4 updates, 3072-token responses with truncated ones masked, the paper's batch-wide focal formula; refill
+draws random prompts of the training set (DAPO takes the next batches of its stream).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 
 from reprokit.data import MathDataModule, Validation
+from reprokit.data.benchmarks import default_data_dirs
 from reprokit.recipes._grpo import grpo_recipe, run_grpo_recipe
 from reprokit.training.grpo import GRPOModule
 
@@ -50,7 +55,7 @@ class TrainData:
     prompts_per_step: int = 16
     """Prompts per rollout batch; each gets group_size responses."""
     template: str = "qwen25-math-cot"
-    """Prompt template: qwen25-math-cot, r1, none, or a format string with {question}."""
+    """Prompt template: qwen25-math-cot, chat, r1, none, or a format string with {question}."""
     cot_suffix: bool = True
     """Append the "Let's think step by step ... \\boxed{}" instruction (skipped if already present)."""
     max_prompt_length: int = 1024
@@ -62,15 +67,15 @@ class TrainData:
 def default_train_path(data: TrainData) -> str:
     if data.path:
         return data.path
-    root = data.data_dir or os.environ.get("REPROKIT_DATA_DIR")
-    candidate = Path(root) / "train" / "dsr_sub.parquet" if root else None
-    if candidate is None or not candidate.is_file():
-        raise SystemExit(
-            "data.path is not set and DSR-sub was not found "
-            f"({candidate or 'no --data.data_dir and no REPROKIT_DATA_DIR'}): pass --data.path FILE or "
-            "--data.data_dir pointing at a folder with train/dsr_sub.parquet"
-        )
-    return str(candidate)
+    roots = [Path(data.data_dir)] if data.data_dir else default_data_dirs()
+    for root in roots:
+        if (root / "train" / "dsr_sub.parquet").is_file():
+            return str(root / "train" / "dsr_sub.parquet")
+    tried = ", ".join(str(r / "train" / "dsr_sub.parquet") for r in roots) or "no --data.data_dir, no REPROKIT_DATA_DIR"
+    raise SystemExit(
+        f"data.path is not set and DSR-sub was not found ({tried}): pass --data.path FILE or "
+        "--data.data_dir pointing at a folder with train/dsr_sub.parquet"
+    )
 
 
 RECIPE = grpo_recipe("focal_tokens", __doc__.split("\n\n")[0], TrainData)

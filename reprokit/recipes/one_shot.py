@@ -4,23 +4,24 @@ What it reproduces: RL with a verifiable reward on ONE math problem (π1, replic
 each copy its own GRPO group) lifts a base model's accuracy on whole benchmarks (MATH500 36.0 → 72.8 for
 Qwen2.5-Math-1.5B in the paper), and test accuracy keeps rising after training accuracy on π1 saturates.
 
-Where it departs from the paper (all to fit one GPU; each is a flag you can change back):
+The paper's own run is the `paper` preset: One-Shot-RLVR's training_1.5b_pi1_r128.sh with its verl defaults
+written out (full fine-tuning, 128 copies of π1 × 8 responses per step, one on-policy update, lr 1e-6, 8 GPUs).
+The one-GPU presets depart from it (`--departures` prints how; README gives each reason), mainly:
 - LoRA adapters (rank 64, all linear layers) on a 4-bit NF4 base instead of full fine-tuning. The KL
   reference is the same network with the adapter switched off, so no second model is held in memory.
   LoRA learns more slowly per step than full fine-tuning at the paper's lr 1e-6, so the presets use
-  lr 2e-5 (a usual LoRA scale-up); set `--grpo.lr 1e-6` for the paper's value.
-- Fewer prompts per step: the paper samples 128 copies of π1 × 8 responses = 1024 responses per step on
-  8×A100; the presets take 16 (paper preset) or 8 (12 GB preset) copies × 8 responses, one update per
-  rollout batch (on-policy, as the paper), with gradient accumulation over micro-batches.
-- Shorter responses in the 12 GB preset (1024 instead of 3072 new tokens).
+  lr 2e-5 (a usual LoRA scale-up).
+- 16 (24 GB) or 8 (12 GB) copies × 8 responses per step instead of 128 × 8; shorter responses in the 12 GB
+  preset (1024 instead of 3072 new tokens).
+- Responses end at the chat end token `<|im_end|>`; the paper's vLLM stops only at the EOS.
 Everything else follows the paper: Qwen2.5-Math chat template with its system prompt and the
 "Let's think step by step" suffix; reward 1 if the last \\boxed{} equals the label; clip 0.2; k3 KL 0.001;
-entropy bonus 0.001 at the rollout temperature 0.6; token-mean loss; AdamW wd 0.01, constant lr;
-checkpoint every 20 steps.
+entropy bonus 0.001 at the rollout temperature 0.6; token-mean loss; AdamW wd 0.01, constant lr; one on-policy
+update per rollout step; checkpoint every 20 steps.
 
 Run `python -m reprokit.recipes.one_shot --help` for every option. With no CUDA device and no --preset
 it runs the `cpu` preset and says so: the same recipe on the CPU world (`reprokit.worlds`), its 1 M-parameter
-base pretrained on first use, one world problem, test pass@1 printed before and after (about 3 minutes).
+base shipped with the package, one world problem, test pass@1 printed before and after (about 2 minutes).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class OneShotData:
     prompts_per_step: int = 16
     """Copies of the example(s) per rollout batch; each copy is one GRPO group of group_size responses."""
     template: str = "qwen25-math-cot"
-    """Prompt template: qwen25-math-cot, r1, none, or a format string with {question}."""
+    """Prompt template: qwen25-math-cot, chat, r1, none, or a format string with {question}."""
     cot_suffix: bool = True
     """Append " Let's think step by step and output the final answer within \\boxed{}." as the paper does."""
     max_prompt_length: int = 1024

@@ -119,7 +119,7 @@ class EvalData:
     limit: int | None = None
     """Problems per benchmark (None = all)."""
     template: str = "qwen25-math-cot"
-    """Prompt template, as in training: qwen25-math-cot, r1, none, or a format string with {question}
+    """Prompt template, as in training: qwen25-math-cot, chat, r1, none, or a format string with {question}
     (the CPU world: "{question}\\n", written in YAML)."""
     cot_suffix: bool = True
     """Append " Let's think step by step and output the final answer within \\boxed{}." (false for the CPU world)."""

@@ -44,10 +44,11 @@ from reprokit import plots, registry
 from reprokit.algorithms import response_logprobs
 from reprokit.cli import Recipe, parse
 from reprokit.data import MathDataModule, OneShotDataModule
-from reprokit.metrics.functional import bootstrap_interval, pass_at_k, powers_of_two
+from reprokit.evaluation.grading import sample_and_grade
+from reprokit.metrics.functional import bootstrap_interval, mean_pass_at_k, pass_at_k, powers_of_two
 from reprokit.policy import ModelConfig, eos_token_ids, load_base_model, load_policy
 from reprokit.recipes.select_examples import rank_examples
-from reprokit.sampling import generate, seeded_generator
+from reprokit.sampling import seeded_generator
 from reprokit.training.grpo import GRPOConfig, GRPOModule
 from reprokit.training.sft import CausalLMModule, SFTDataModule
 from reprokit.training.trainer import RunConfig, build_trainer
@@ -61,7 +62,8 @@ from reprokit.worlds import (
     write_solution,
 )
 from reprokit.worlds.names import behaviours
-from reprokit.worlds.task import grade, make_problem, parse_question, render_prompt, sample_chain
+from reprokit.worlds.task import make_problem, parse_question, render_prompt, sample_chain
+from reprokit.worlds.task import reward as task_reward
 from reprokit.worlds.teacher import blind_spot_facts
 
 ABLATIONS = {
@@ -69,6 +71,12 @@ ABLATIONS = {
     "entropy only": dict(reward="zero"),
     "no entropy loss": dict(entropy_coef=0.0),
     "random reward": dict(reward="random"),
+}
+# The spurious-rewards setting (docs/cpu_worlds.md, addendum): 8 optimizer updates of one group each per rollout
+# step, the later ones off-policy, where the ratio clip acts. Run only when named in --study.one_shot_settings.
+OFF_POLICY_ABLATIONS = {
+    "random reward, 8 updates per step": dict(reward="random", mini_batch_size=1),
+    "outcome reward, 8 updates per step": dict(mini_batch_size=1),
 }
 
 
@@ -130,6 +138,10 @@ class StudyConfig:
     """SFT learning rate (full fine-tuning and LoRA)."""
     bootstrap: int = 1000
     """Bootstrap resamples of every interval."""
+    one_shot_settings: list[str] | None = None
+    """Run only these 1-shot settings (variance rule, random examples, an ablation's name, or one of the off-policy
+    ablations of docs/cpu_worlds.md's addendum); None = the study's own: the variance rule, random examples and
+    the four ablations."""
     workers: int = 2
     """Runs trained at once, each in its own process on one CPU thread."""
     seed: int = 0
@@ -163,6 +175,10 @@ def run_study(study: StudyConfig, run_dir: Path) -> dict:
     unknown = [w for w in study.worlds if w not in WORLDS]
     if unknown:
         raise SystemExit(f"--study.worlds: unknown world(s) {unknown}; the worlds are {', '.join(WORLDS)}")
+    settings = ["variance rule", "random examples", *ABLATIONS, *OFF_POLICY_ABLATIONS]
+    unknown = [name for name in study.one_shot_settings or () if name not in settings]
+    if unknown:
+        raise SystemExit(f"--study.one_shot_settings: unknown setting(s) {unknown}; the settings are {', '.join(settings)}")
     started = time.perf_counter()
     for name in study.worlds:  # every base exists before the workers start (shipped, or pretrained once)
         pretrain_base(WORLDS[name])
@@ -203,8 +219,12 @@ def _one_shot_jobs(world: str, variance_example: str | None, study: StudyConfig)
         for seed in study.seeds if world == study.main_world else study.seeds[:1]:
             jobs.append(_job("one_shot", world, f"random example {i + 1}", seed, example=example))
     if world in study.ablation_worlds:
-        jobs += [_job("one_shot", world, name, seed, example=variance_example) for name in ABLATIONS for seed in study.seeds]
-    return jobs
+        names = list(ABLATIONS) + [n for n in OFF_POLICY_ABLATIONS if n in (study.one_shot_settings or ())]
+        jobs += [_job("one_shot", world, name, seed, example=variance_example) for name in names for seed in study.seeds]
+    if study.one_shot_settings is None:
+        return jobs
+    wanted = set(study.one_shot_settings)
+    return [j for j in jobs if j["setting"] in wanted or (j["setting"].startswith("random example") and "random examples" in wanted)]
 
 
 def _cost(job: dict, study: StudyConfig) -> float:
@@ -302,7 +322,7 @@ def run_job(job: dict, study_values: dict, run_dir: str) -> dict:
             result["pass_at_k"] = evaluate(model, tokenizer, world, splits.test[: study.control_problems], study.control_n, study)
     elif kind == "one_shot":
         overrides = dict(kl_coef=0.001, entropy_coef=0.001)
-        overrides.update(ABLATIONS.get(job["setting"], {}))
+        overrides.update(ABLATIONS.get(job["setting"], OFF_POLICY_ABLATIONS.get(job["setting"], {})))
         model, tokenizer, curves = _grpo(world, study, out_dir, job["seed"], study.one_shot_steps, job["example"], **overrides)
         result.update(curves=curves, example=job["example"], eval=evaluate(model, tokenizer, world, test, study.eval_n, study))
         if job["setting"] == "variance rule" and job["seed"] == study.seeds[0]:
@@ -406,6 +426,7 @@ class Curves(L.Callback):
         step, metrics = trainer.global_step, pl_module.last_metrics
         self._add("train reward", step, metrics.get("reward/mean", math.nan))
         self._add("train entropy", step, metrics.get("entropy/mean", math.nan))
+        self._add("train clip", step, metrics.get("clip/frac", math.nan))
         if step % self.study.curve_every == 0 and metrics.get("update/skipped") == 0.0:
             self._evaluate(pl_module, step)
 
@@ -421,14 +442,15 @@ def evaluate(model, tokenizer, world: WorldConfig, problems, n: int, study: Stud
     correct, modes, checks, entropies = [], [], [], []
     per_call = max(1, 512 // n)
     for begin in range(0, len(prompts), per_call):
+        chunk = problems[begin : begin + per_call]
         enc = tokenizer(prompts[begin : begin + per_call], return_tensors="pt", padding=True, add_special_tokens=False)
-        comps = generate(
-            model, tokenizer, enc.input_ids, enc.attention_mask, n=n, max_new_tokens=max_new,
-            temperature=study.temperature, eos_ids=eos_token_ids(tokenizer, model),
-            generator=seeded_generator("cpu", study.seed, "evaluate", seed_key, begin),
+        graded = sample_and_grade(
+            model, tokenizer, enc.input_ids, enc.attention_mask, [p.answer for p in chunk], [{}] * len(chunk), n=n,
+            reward_fn=task_reward, max_new_tokens=max_new, temperature=study.temperature,
+            eos_ids=eos_token_ids(tokenizer, model), generator=seeded_generator("cpu", study.seed, "evaluate", seed_key, begin),
         )
-        for i, p in enumerate(problems[begin : begin + per_call]):
-            correct.append(int(sum(grade(t, p.answer) for t in comps.texts[i * n : (i + 1) * n])))
+        comps = graded.comps
+        correct += graded.correct()
         stats = behaviours(comps.texts)
         modes += stats.get("mode", [0.0] * len(comps.texts))  # 0 in a world without the behaviour
         checks += stats.get("checks", [0.0] * len(comps.texts))
@@ -441,9 +463,7 @@ def evaluate(model, tokenizer, world: WorldConfig, problems, n: int, study: Stud
         valid = comps.completion_mask.bool()
         entropies.append(entropy[valid])
     model.train(was)
-    ks = list(powers_of_two(n))
-    per_problem = {k: [pass_at_k(n, c, k) for c in correct] for k in ks}
-    out = {f"pass@{k}": float(np.mean(v)) for k, v in per_problem.items()}
+    out = {f"pass@{k}": v for k, v in mean_pass_at_k(n, correct, powers_of_two(n)).items()}
     out.update(
         n=n, correct=correct, ids=[p.id for p in problems], mode=float(np.mean(modes)), checks=float(np.mean(checks)),
         entropy=float(torch.cat(entropies).mean()) if entropies else 0.0,
@@ -536,6 +556,7 @@ def _findings(done: dict, study: StudyConfig) -> dict:
                 "entropy": round(float(np.mean([r["eval"]["entropy"] for r in results])), 4),
                 "examples": sorted({r["example"] for r in results}),
                 "saturated at": _saturation(results),
+                "train clip/frac": round(float(np.nanmean([v for r in results for _, v in r["curves"].get("train clip", [])] or [math.nan])), 5),
             }
         first = done.get(("one_shot", world, "variance rule", study.seeds[0]))
         w["pass@k curve"] = {"base": _pass_at_k_interval(base["curve_k"], study)}

@@ -9,6 +9,8 @@ The KL reference is the same network with its LoRA adapter switched off, so no s
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -23,20 +25,25 @@ from torchmetrics import MeanMetric
 from reprokit import registry
 from reprokit.algorithms import (
     LossDenominators,
+    aggregate_denominator,
+    focal_count,
     focal_mask,
     group_advantages,
     grpo_objective,
+    overlong_penalty,
     response_logprobs,
 )
 from reprokit.algorithms.schedules import LR_SCHEDULES, LRSchedule
 from reprokit.metrics import PassAtK
-from reprokit.policy import eos_token_ids, keep_4bit_layers_trainable, reference_model
-from reprokit.rewards import get_reward, reward_keywords, score
-from reprokit.sampling import Completions, generate, seeded_generator
+from reprokit.policy import FINETUNES, eos_token_ids, keep_4bit_layers_trainable, reference_model
+from reprokit.evaluation.grading import sample_and_grade
+from reprokit.rewards import get_reward
+from reprokit.sampling import Completions, seeded_generator
 from reprokit.training.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 ADVANTAGE_SCALES = ("group", "batch", "none")
+FOCAL_SCOPES = ("batch", "micro_batch")
 
 
 @dataclass
@@ -54,20 +61,32 @@ class GRPOConfig:
     generation_batch_size: int | None = None
     """Sequences decoded by one generate call (whole groups); None = the whole rollout batch at once."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward pass; gradients accumulate over the rollout batch."""
+    """Sequences per forward/backward pass (per process); gradients accumulate over the mini-batch."""
+    mini_batch_size: int | None = None
+    """Prompts (groups) per optimizer update, over all processes (verl's ppo_mini_batch_size); None = the whole
+    rollout batch, one update per pass. The rollout is split into mini-batches of whole groups, each one optimizer
+    step whose loss is a mean over that mini-batch; the updates after the first are off-policy (ratio against the
+    rollout's log-probs), which is where the ratio clip acts. The step count (max_steps, checkpoint_every,
+    val_every, checkpoint names, TensorBoard's x-axis) counts rollout steps; update/optimizer_steps logs the
+    updates in each. The LR schedule and its warm-up advance once per rollout step, as verl's do."""
     num_iterations: int = 1
-    """Optimizer updates per rollout batch. With 1 the update is on-policy and the ratio is exactly 1."""
+    """Passes over the rollout batch's mini-batches (PPO epochs, verl's ppo_epochs). With 1 pass and one
+    mini-batch the update is on-policy and the ratio is exactly 1."""
+    finetune: str = "lora"
+    """What trains: lora (the adapters of the model section on a frozen base, whose adapter-free forward is the KL
+    reference) or full (every weight, model.quantization none; the KL reference is a frozen copy of the base)."""
     lr: float = 1e-6
-    """AdamW learning rate of the trainable (LoRA) parameters."""
+    """AdamW learning rate of the trainable parameters."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     lr_schedule: str = "constant"
-    """One of constant, cosine, linear (decay to 0 at max_steps), after warmup. A run resumed with a larger
-    --max_steps keeps the LR it had reached and decays from there to 0 at the new max_steps (no jump)."""
+    """One of constant, cosine, linear (decay to 0 at max_steps), after warmup; advanced once per rollout step
+    (every update of a step uses the same LR). A run resumed with a larger --max_steps keeps the LR it had reached
+    and decays from there to 0 at the new max_steps (no jump)."""
     warmup_steps: int = 0
-    """Linear warm-up updates."""
+    """Linear warm-up over this many rollout steps (not optimizer updates)."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
     epsilon_low: float = 0.2
@@ -85,7 +104,12 @@ class GRPOConfig:
     entropy_coef: float = 0.001
     """Entropy bonus: loss = pg - entropy_coef * entropy (+ kl_coef * kl)."""
     top_entropy_quantile: float = 1.0
-    """rho: policy gradient only on the top-rho highest-entropy response tokens of the whole rollout batch."""
+    """rho: policy gradient only on the top-rho highest-entropy response tokens (focal_scope says of what)."""
+    focal_scope: str = "batch"
+    """Where the top-rho tokens are counted. batch: over the whole rollout batch, pooled over processes, from the
+    rollout's entropies, fixed for all its updates (the 80/20 paper's formula). micro_batch: the top ceil(rho*n) of
+    each micro-batch on each process, from the entropy of the forward that takes the gradient, recomputed at every
+    update (the 80/20 paper's released code, get_global_entropy_top_mask)."""
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal (they carry no advantage) before the update. Alone (with
     max_refill_rounds 0) the step trains on the informative groups that are left, however few; with refill
@@ -97,6 +121,17 @@ class GRPOConfig:
     rollout/rounds."""
     mask_truncated: bool = False
     """Give truncated responses (no EOS) zero loss instead of training on their reward."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: a response longer than max_new_tokens - overlong_buffer tokens gets
+    -overlong_penalty * (excess / overlong_buffer) added to its training reward (down to -overlong_penalty at
+    max_new_tokens). 0 = off. Which groups are informative (dynamic sampling) is still judged on the reward
+    without it, as DAPO filters groups on accuracy."""
+    overlong_penalty: float = 1.0
+    """DAPO's overlong penalty factor (the reward added at max_new_tokens is -overlong_penalty)."""
+    stop_at_chat_end: bool = True
+    """Responses also end at the chat end-of-turn token (<|im_end|>, <end_of_turn>), not only at the EOS of the
+    model's generation config and tokenizer. The papers' verl stops only at the generation config's EOS, where a
+    base model prompted with a chat layout often writes a new turn after <|im_end|>."""
     reward: str = "math"
     """Reward name (math) or 'package.module:function' with signature (completions, answers, **fields)."""
     val_reward: str | None = None
@@ -114,6 +149,8 @@ class GRPOConfig:
     """Samples per validation problem (1 with val_temperature 0 = greedy pass@1)."""
     val_temperature: float = 0.0
     """Validation sampling temperature (0 = greedy)."""
+    val_top_p: float | None = None
+    """Validation nucleus sampling when val_temperature > 0; None = top_p."""
     val_max_new_tokens: int | None = None
     """Validation response length; None = max_new_tokens."""
     max_skipped_batches: int = 50
@@ -128,10 +165,20 @@ class GRPOConfig:
             (self.group_size >= 2, "group_size", "needs >= 2 responses per prompt for a group-relative advantage"),
             (self.temperature > 0, "temperature", "must be > 0 for sampling rollouts"),
             (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
+            (self.val_top_p is None or 0 < self.val_top_p <= 1, "val_top_p", "must be in (0, 1] or null"),
             (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
             (self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1"),
             (self.num_iterations >= 1, "num_iterations", "must be >= 1"),
+            (self.mini_batch_size is None or self.mini_batch_size >= 1, "mini_batch_size", "must be >= 1 prompt, or null for the whole rollout batch"),
+            (self.focal_scope in FOCAL_SCOPES, "focal_scope", f"must be one of {', '.join(FOCAL_SCOPES)}"),
+            (self.focal_scope != "micro_batch" or self.loss_agg != "seq-mean-token-mean", "focal_scope",
+             "micro_batch chooses each micro-batch's tokens in its own forward, so the count of sequences with a kept "
+             "token (the seq-mean-token-mean denominator) is unknown before it: use loss_agg token-mean (the released "
+             "code's) or focal_scope batch"),
+            (0 <= self.overlong_buffer < self.max_new_tokens, "overlong_buffer", "must be >= 0 and < max_new_tokens (0 = off)"),
+            (self.overlong_penalty >= 0, "overlong_penalty", "must be >= 0"),
             (self.lr > 0, "lr", "must be > 0"),
+            (self.finetune in FINETUNES, "finetune", f"must be one of {', '.join(FINETUNES)}"),
             (self.loss_agg in LOSS_AGGREGATIONS, "loss_agg", f"must be one of {', '.join(LOSS_AGGREGATIONS)}"),
             (self.advantage_scale in ADVANTAGE_SCALES, "advantage_scale", f"must be one of {', '.join(ADVANTAGE_SCALES)}"),
             (self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}"),
@@ -252,6 +299,10 @@ class Rollout:
         )
 
 
+def _no_closure() -> None:
+    """The optimizer closure of a manual-optimization step (the gradients are already there)."""
+
+
 def _epoch_table() -> defaultdict:
     """epoch -> accuracies; a named function so the module pickles (ddp_spawn)."""
     return defaultdict(list)
@@ -263,9 +314,10 @@ class _Sampled:
 
     batch: object  # PromptBatch
     comps: Completions
-    rewards: torch.Tensor  # [N]
+    rewards: torch.Tensor  # [N] the reward function's
+    penalty: torch.Tensor  # [N] DAPO's overlong punishment (0 when off), added to the reward for the advantage
     answers: list[str]
-    informative: torch.Tensor  # [P] groups whose rewards are not all equal
+    informative: torch.Tensor  # [P] groups whose rewards are not all equal (before the overlong punishment)
 
 
 class GRPOModule(L.LightningModule):
@@ -303,7 +355,7 @@ class GRPOModule(L.LightningModule):
         self.reward_fn = get_reward(reward_fn if reward_fn is not None else self.cfg.reward)
         self.val_reward_fn = get_reward(self.cfg.val_reward) if self.cfg.val_reward else self.reward_fn
         self.stats_fn = registry.import_object(self.cfg.response_stats, "GRPOConfig.response_stats") if self.cfg.response_stats else None
-        self.eos_ids = eos_token_ids(tokenizer, model)
+        self.eos_ids = eos_token_ids(tokenizer, model, chat_end=self.cfg.stop_at_chat_end)
         keep_4bit_layers_trainable(model)
         self._example_acc: dict[str, dict[int, list[float]]] = defaultdict(_epoch_table)
         self.val_metrics: dict[str, PassAtK] = {}
@@ -313,12 +365,14 @@ class GRPOModule(L.LightningModule):
         self._val_problems: dict[str, dict[str, float]] = {}
         self.val_problem_accuracy: dict[str, dict[str, float]] = {}
         self.last_rollout: Rollout | None = None
+        self._standalone_optimizer = None
+        self.last_updates: list[dict[str, float]] = []
         self.last_metrics: dict[str, float] = {}
+        # The KL reference: the adapter-free forward of a LoRA policy, else a frozen copy of the weights as they
+        # are now (the base, before any update; a resumed run builds the module before loading its checkpoint).
+        self.reference = None
         if self.cfg.kl_coef > 0 and not hasattr(model, "disable_adapter"):
-            raise ValueError(
-                "GRPOConfig.kl_coef > 0 needs a LoRA adapter (the KL reference is the model with its adapter off); "
-                "enable LoRA in the model config or set kl_coef: 0"
-            )
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self):
@@ -375,10 +429,11 @@ class GRPOModule(L.LightningModule):
         return int(self.trainer.fit_loop.epoch_loop.total_batch_idx)
 
     # ------------------------------------------------------------------ forward passes
-    def _logprobs(self, ro: Rollout, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs (and entropies) of the response tokens at the rollout temperature."""
+    def _logprobs(self, ro: Rollout, *, with_entropy: bool, model=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs (and entropies) of the response tokens at the rollout temperature (of ``model``:
+        default the policy)."""
         return response_logprobs(
-            self.model,
+            self.model if model is None else model,
             ro.sequences,
             ro.attention_mask,
             ro.completion_ids,
@@ -390,6 +445,7 @@ class GRPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------ the training step
     def training_step(self, batch, batch_idx):
+        cfg = self.cfg
         step_start = time.perf_counter()
         ro, metrics = self.rollout(batch)
         # The decision to update is global: a process that skipped alone would leave the others waiting in the
@@ -399,7 +455,7 @@ class GRPOModule(L.LightningModule):
             metrics["update/skipped"] = 1.0
             self._log_step(metrics, step_start)
             self._skipped_in_a_row += 1
-            if self._skipped_in_a_row >= self.cfg.max_skipped_batches:
+            if self._skipped_in_a_row >= cfg.max_skipped_batches:
                 raise RuntimeError(
                     f"{self._skipped_in_a_row} rollout batches in a row had equal rewards within every group "
                     f"(reward mean {metrics['reward/mean']:.3f}): nothing to learn from. The data is too hard or too "
@@ -407,9 +463,10 @@ class GRPOModule(L.LightningModule):
                 )
             return None
         self._skipped_in_a_row = 0
-        ro = self.score(ro)
+        plan = self.mini_batch_plan(ro)
+        ro = self.score(ro, behaviour=cfg.num_iterations * len(plan) > 1)
         self.last_rollout = ro  # kept for inspection (callbacks, notebooks); replaced every step
-        metrics.update(self.update(ro))
+        metrics.update(self.update(ro, plan))
         metrics["update/skipped"] = 0.0
         self._log_step(metrics, step_start)
         return None
@@ -432,7 +489,7 @@ class GRPOModule(L.LightningModule):
             if source is not None:
                 sampled = self._sample_and_grade(source, round_index=len(rounds))
                 rounds.append(sampled)
-                advantages = group_advantages(sampled.rewards, cfg.group_size, scale=cfg.advantage_scale)  # [N]
+                advantages = group_advantages(sampled.rewards + sampled.penalty, cfg.group_size, scale=cfg.advantage_scale)  # [N]
                 ro = Rollout.from_completions(sampled.comps, advantages, sampled.rewards, cfg.mask_truncated)
                 keep = torch.ones_like(sampled.informative)  # [P]
                 if cfg.dynamic_sampling:
@@ -462,29 +519,22 @@ class GRPOModule(L.LightningModule):
 
     def _sample_and_grade(self, batch, round_index: int) -> _Sampled:
         cfg = self.cfg
-        comps = generate(
-            self.model,
-            self.tokenizer,
-            batch.input_ids,
-            batch.attention_mask,
-            n=cfg.group_size,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            eos_ids=self.eos_ids,
-            batch_size=cfg.generation_batch_size,
+        graded = sample_and_grade(
+            self.model, self.tokenizer, batch.input_ids, batch.attention_mask, batch.answers, batch.fields,
+            n=cfg.group_size, reward_fn=self.reward_fn, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_p=cfg.top_p, eos_ids=self.eos_ids, batch_size=cfg.generation_batch_size,
             generator=self._generator("rollout", self._batch_index(), round_index),
+            reward_generator=self._generator("reward", self._batch_index(), round_index),
         )
+        comps, rewards = graded.comps, graded.rewards  # [N]
         answers = [a for a in batch.answers for _ in range(cfg.group_size)]
-        rewards = score(
-            self.reward_fn, comps.texts, answers, reward_keywords(batch.fields, cfg.group_size),
-            generator=self._generator("reward", self._batch_index(), round_index),
-        )
-        rewards = torch.tensor(rewards, dtype=torch.float32, device=self.device)  # [N]
         grouped = rewards.view(-1, cfg.group_size)  # [P, G]
         self._record_example_accuracy(batch.example_ids, grouped)
         informative = grouped.max(-1).values > grouped.min(-1).values  # [P]
-        return _Sampled(batch=batch, comps=comps, rewards=rewards, answers=answers, informative=informative)
+        penalty = torch.zeros_like(rewards)  # [N]
+        if cfg.overlong_buffer:
+            penalty = overlong_penalty(comps.lengths.to(rewards.device), cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
+        return _Sampled(batch=batch, comps=comps, rewards=rewards, penalty=penalty, answers=answers, informative=informative)
 
     def _refill_batch(self, batch, round_index: int):
         """Prompts for a refill round: the DataModule's ``refill_batch`` when it has one (fresh prompts of a full
@@ -500,11 +550,12 @@ class GRPOModule(L.LightningModule):
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     @torch.no_grad()
-    def score(self, ro: Rollout) -> Rollout:
-        """The no-grad passes before the update: behaviour log-probs, reference log-probs, rollout entropies."""
+    def score(self, ro: Rollout, behaviour: bool | None = None) -> Rollout:
+        """The no-grad passes before the first update: behaviour log-probs (``behaviour``: when the step makes
+        more than one update; None = when num_iterations > 1), reference log-probs, rollout entropies."""
         cfg = self.cfg
-        need_old = cfg.num_iterations > 1
-        need_entropy = cfg.top_entropy_quantile < 1
+        need_old = cfg.num_iterations > 1 if behaviour is None else behaviour
+        need_entropy = cfg.top_entropy_quantile < 1 and cfg.focal_scope == "batch"
         old, ref, ent = [], [], []
         width = ro.completion_ids.shape[1]
         pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
@@ -519,13 +570,18 @@ class GRPOModule(L.LightningModule):
                 if need_entropy:
                     ent.append(pad(entropy))
             if cfg.kl_coef > 0:
-                with reference_model(self.model):
-                    ref_logp, _ = self._logprobs(mb, with_entropy=False)
+                if self.reference is not None:
+                    ref_logp, _ = self._logprobs(mb, with_entropy=False, model=self.reference)
+                else:
+                    with reference_model(self.model):
+                        ref_logp, _ = self._logprobs(mb, with_entropy=False)
                 ref.append(pad(ref_logp))
-        ro.old_logp = torch.cat(old) if need_old else None  # [N, T]
-        ro.entropy = torch.cat(ent) if need_entropy else None  # [N, T]
-        ro.ref_logp = torch.cat(ref) if cfg.kl_coef > 0 else None  # [N, T]
-        return ro
+        return dataclasses.replace(
+            ro,
+            old_logp=torch.cat(old) if need_old else None,  # [N, T]
+            entropy=torch.cat(ent) if need_entropy else None,  # [N, T]
+            ref_logp=torch.cat(ref) if cfg.kl_coef > 0 else None,  # [N, T]
+        )
 
     def _focal_mask(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-rho entropy tokens of the whole rollout batch: pooled over every process, in rank order."""
@@ -541,71 +597,147 @@ class GRPOModule(L.LightningModule):
             offset = sum(sizes[: self._rank()])
         return focal_mask(ro.entropy, ro.mask, self.cfg.top_entropy_quantile, pooled=pooled, offset=offset)
 
-    def update(self, ro: Rollout) -> dict[str, float]:
-        """``num_iterations`` optimizer updates on a scored rollout: gradients over micro-batches, clip, step."""
+    def mini_batch_plan(self, ro: Rollout) -> list[torch.Tensor | None]:
+        """The rows of each optimizer update of one pass: ``mini_batch_size * group_size / processes`` of this
+        process's responses each, in order (verl's ppo_mini_batch_size * n / data-parallel size; the advantages are
+        already the groups', so an update may hold part of a group). Every process makes the same number of updates
+        (the most any process needs); an update for which a process has no rows is None (it runs a placeholder).
+        ``[None]`` alone when the pass is one update of the whole batch."""
         cfg = self.cfg
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
-        sums: dict[str, float] = defaultdict(float)
-        metrics: dict[str, float] = {}
-        for _ in range(cfg.num_iterations):
+        if cfg.mini_batch_size is None:
+            return [None]
+        world = self._world()
+        if (cfg.mini_batch_size * cfg.group_size) % world:
+            raise ValueError(
+                f"GRPOConfig.mini_batch_size={cfg.mini_batch_size}: mini_batch_size * group_size must be a multiple of "
+                f"the number of processes ({world}); each process takes its share of every mini-batch's responses"
+            )
+        per_update = cfg.mini_batch_size * cfg.group_size // world  # rows of this process per update
+        rows = ro.num_real_rows
+        local = -(-rows // per_update)
+        updates = int(self._all_reduce(torch.tensor([float(local)], device=self.device), op="max").item())
+        device = ro.sequences.device
+        plan = [torch.arange(begin, min(begin + per_update, rows), device=device) for begin in range(0, rows, per_update)]
+        return plan + [None] * (max(1, updates) - len(plan))
+
+    def update(self, ro: Rollout, plan: list[torch.Tensor | None] | None = None) -> dict[str, float]:
+        """``num_iterations`` passes over the mini-batches of ``plan`` (None: the whole batch), one optimizer step
+        each: gradients over micro-batches, clip, step. The LR schedule advances once, after the last update.
+
+        The first update is on-policy: its ratio is exp(logp - logp.detach()) = 1 exactly. Every later one takes the
+        ratio against the rollout's behaviour log-probs (``ro.old_logp``, from :meth:`score`), so its clip acts.
+        Returns the mean of each metric over the updates (the max for ``*_max``) and ``update/optimizer_steps``.
+        """
+        cfg = self.cfg
+        plan = plan or [None]
+        opt, sched = self._optimizer_and_scheduler()
+        if cfg.top_entropy_quantile < 1 and cfg.focal_scope == "batch":
+            ro = self.with_focal_mask(ro)  # the whole batch's top tokens, fixed for all its updates
+        total = cfg.num_iterations * len(plan)
+        if total > 1 and ro.old_logp is None:
+            raise ValueError("update: several updates per rollout need its behaviour log-probs; score(ro, behaviour=True) first")
+        per_update: list[dict[str, float]] = []
+        for index in range(total):
+            rows = plan[index % len(plan)]
+            mb = ro if rows is None and len(plan) == 1 else ro.select(rows) if rows is not None else ro.placeholder()
+            if index == 0:
+                mb = dataclasses.replace(mb, old_logp=None)  # on-policy: the weights have not moved yet
             opt.zero_grad(set_to_none=True)
-            metrics = self.accumulate_gradients(ro)
-            for key, value in metrics.items():
-                sums[key] += value
+            metrics = self.accumulate_gradients(mb)
             params = [p for p in self.model.parameters() if p.requires_grad]
             clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
             # Gradients are already averaged over processes: the norm is the same on every process.
-            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, clip))
-            sums["lr"] += float(opt.param_groups[0]["lr"])  # the LR this update uses
-            opt.step()
-            sched.step()
-        out = {key: value / cfg.num_iterations for key, value in sums.items()}
-        for key in ("focal/threshold", "focal/kept_frac", "update/micro_batches"):
-            if key in metrics:
-                out[key] = metrics[key]
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            metrics["lr"] = float(opt.param_groups[0]["lr"])  # the LR this update uses
+            self._optimizer_step(opt, counted=index == total - 1)
+            per_update.append(metrics)
+        sched.step()
+        self.last_updates = per_update  # each update's metrics, kept for inspection; replaced every step
+        out = {}
+        for key in per_update[0]:
+            values = [m[key] for m in per_update if key in m]
+            out[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
+        out["update/optimizer_steps"] = float(total)
         return out
 
-    def accumulate_gradients(self, ro: Rollout) -> dict[str, float]:
-        """Backward of the whole rollout's objective into ``.grad``, micro-batch by micro-batch; returns metrics.
+    def _optimizer_and_scheduler(self):
+        if self._trainer is not None:
+            return self.optimizers(), self.lr_schedulers()
+        if self._standalone_optimizer is None:  # called by hand (tests, notebooks): the same optimizer and schedule
+            configured = self.configure_optimizers()
+            self._standalone_optimizer = (configured["optimizer"], configured["lr_scheduler"]["scheduler"])
+        return self._standalone_optimizer
 
-        The focal mask and the loss denominators are taken over the whole batch (every process) first, so the
-        accumulated gradient is the same for every ``micro_batch_size`` and, under DDP, equals the gradient of
-        all processes' rollouts in one process.
+    def _optimizer_step(self, opt, counted: bool) -> None:
+        """Lightning counts every step of its optimizer wrapper as a training step (manual optimization); the
+        updates of a rollout step before its last go through the same strategy call uncounted, so max_steps,
+        checkpoints and logs count rollout steps."""
+        if counted or self._trainer is None:
+            opt.step()
+        else:
+            self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure, model=self)
+
+    def with_focal_mask(self, ro: Rollout) -> Rollout:
+        """``ro`` with ``pg_mask``: the top-rho entropy tokens of the whole rollout batch (every process)."""
+        if ro.pg_mask is not None:
+            return ro
+        pg_mask, threshold = self._focal_mask(ro)  # [N, T]
+        self._focal_threshold = float(threshold)
+        return dataclasses.replace(ro, pg_mask=pg_mask & ro.mask.bool())
+
+    def accumulate_gradients(self, ro: Rollout) -> dict[str, float]:
+        """Backward of the rollout's (or mini-batch's) objective into ``.grad``, micro-batch by micro-batch; returns
+        metrics.
+
+        The loss denominators are taken over everything given (every process) first, so the accumulated gradient
+        is the same for every ``micro_batch_size`` and, under DDP, equals the gradient of all processes' rows in
+        one process. With focal_scope batch the focal mask is the given rows' own when ``ro.pg_mask`` is unset
+        (:meth:`update` sets it from the whole batch); with micro_batch each micro-batch keeps its top
+        ``ceil(rho * n)`` tokens by the entropy of its own forward.
         """
         cfg = self.cfg
         metrics: dict[str, float] = {}
-        valid = ro.mask.bool()  # [N, T]
-        if cfg.top_entropy_quantile < 1:
-            if ro.pg_mask is None:
-                pg_mask, threshold = self._focal_mask(ro)  # [N, T]
-                ro.pg_mask = pg_mask & valid  # [N, T]
-                self._focal_threshold = float(threshold)
+        focal = cfg.top_entropy_quantile < 1
+        per_micro_batch = focal and cfg.focal_scope == "micro_batch"
+        if focal and not per_micro_batch:
+            ro = self.with_focal_mask(ro)
             metrics["focal/threshold"] = self._focal_threshold
-        else:
-            ro.pg_mask = valid  # [N, T]
-        # Whole-batch counts (all processes): each micro-batch's loss is its share of the batch's mean.
-        counts = self._all_reduce(LossDenominators.counts(valid, ro.pg_mask, cfg.loss_agg, rows=ro.num_real_rows).to(self.device))
-        denominators = LossDenominators.from_counts(counts, scale=self._world())
-        if cfg.top_entropy_quantile < 1:
-            metrics["focal/kept_frac"] = denominators.pg_tokens / max(1.0, denominators.valid_tokens)
+        valid = ro.mask.bool()  # [N, T]
         n_micro = -(-ro.num_rows // cfg.micro_batch_size)
         n_micro = int(self._all_reduce(torch.tensor([float(n_micro)], device=self.device), op="max").item())
         micro_batches = list(ro.micro_batches(cfg.micro_batch_size))
         micro_batches += [ro.placeholder()] * (n_micro - len(micro_batches))
         metrics["update/micro_batches"] = float(n_micro)
+        if per_micro_batch:
+            # Each micro-batch keeps ceil(rho * n) of its n valid tokens: the counts are known before the forwards.
+            kept = float(sum(focal_count(int(mb.mask.bool().sum()), cfg.top_entropy_quantile) for mb in micro_batches))
+            valid_count = aggregate_denominator(valid, cfg.loss_agg, ro.num_real_rows)  # seq-mean-token-mean is refused
+            local = torch.tensor([float(valid_count) if cfg.loss_agg != "token-mean" else kept, float(valid_count), kept,
+                                  float(valid.sum())], dtype=torch.float64)  # [4] as LossDenominators.counts
+        else:
+            local = LossDenominators.counts(valid, ro.pg_mask if focal else valid, cfg.loss_agg, rows=ro.num_real_rows)
+        # Whole counts (all processes): each micro-batch's loss is its share of the mean over everything given.
+        denominators = LossDenominators.from_counts(self._all_reduce(local.to(self.device)), scale=self._world())
+        if focal:
+            metrics["focal/kept_frac"] = denominators.pg_tokens / max(1.0, denominators.valid_tokens)
 
         sums: dict[str, float] = defaultdict(float)
+        thresholds = []
         for index, mb in enumerate(micro_batches):
             mb = mb.trimmed()
             with self._no_backward_sync(sync=index == len(micro_batches) - 1):
                 logp, entropy = self._logprobs(mb, with_entropy=True)  # [n, T'], [n, T']
+                pg_mask = mb.pg_mask if focal else mb.mask  # [n, T']
+                if per_micro_batch:
+                    pg_mask, threshold = focal_mask(entropy, mb.mask, cfg.top_entropy_quantile)  # [n, T'], []
+                    if mb.mask.any():
+                        thresholds.append(float(threshold))
                 loss, parts = grpo_objective(
                     logp,
                     entropy if cfg.entropy_coef != 0 else entropy.detach(),
                     mb.advantages,
                     mb.mask,
-                    mb.pg_mask,
+                    pg_mask,
                     denominators,
                     old_logp=mb.old_logp,
                     ref_logp=mb.ref_logp,
@@ -619,9 +751,11 @@ class GRPOModule(L.LightningModule):
                 )
                 self._backward(loss)
             for key, value in parts.items():
-                sums[key] += float(value)
-        if cfg.top_entropy_quantile >= 1:
+                sums[key] = max(sums[key], float(value)) if key.endswith("_max") else sums[key] + float(value)
+        if not focal:
             sums.pop("entropy/kept_mean", None)
+        if per_micro_batch:
+            metrics["focal/threshold"] = sum(thresholds) / len(thresholds) if thresholds else float("nan")
         metrics.update(sums)
         return metrics
 
@@ -645,6 +779,7 @@ class GRPOModule(L.LightningModule):
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "reward/accuracy": float((rewards >= 1.0).float().mean()),
+            **({"reward/overlong_penalty": float(torch.cat([r.penalty for r in rounds]).mean())} if self.cfg.overlong_buffer else {}),
             "response/length_mean": float(lengths.mean()),
             "response/length_max": float(lengths.max()),
             "response/truncated_frac": float(truncated.mean()),
@@ -750,25 +885,15 @@ class GRPOModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         cfg = self.cfg
-        comps = generate(
-            self.model,
-            self.tokenizer,
-            batch.input_ids,
-            batch.attention_mask,
-            n=cfg.val_n,
-            max_new_tokens=cfg.val_max_new_tokens or cfg.max_new_tokens,
-            temperature=cfg.val_temperature,
-            top_p=cfg.top_p if cfg.val_temperature > 0 else 1.0,
-            eos_ids=self.eos_ids,
-            batch_size=cfg.generation_batch_size,
-            generator=self._generator("validation", self.global_step, batch_idx),
+        graded = sample_and_grade(
+            self.model, self.tokenizer, batch.input_ids, batch.attention_mask, batch.answers, batch.fields,
+            n=cfg.val_n, reward_fn=self.val_reward_fn, max_new_tokens=cfg.val_max_new_tokens or cfg.max_new_tokens,
+            temperature=cfg.val_temperature, top_p=cfg.val_top_p or cfg.top_p, eos_ids=self.eos_ids,
+            batch_size=cfg.generation_batch_size, generator=self._generator("validation", self.global_step, batch_idx),
+            reward_generator=self._generator("validation reward", self.global_step, batch_idx),
         )
-        answers = [a for a in batch.answers for _ in range(cfg.val_n)]
-        rewards = score(
-            self.val_reward_fn, comps.texts, answers, reward_keywords(batch.fields, cfg.val_n),
-            generator=self._generator("validation reward", self.global_step, batch_idx),
-        )
-        correct = torch.tensor(rewards, device=self.device) >= 1.0  # [P*n]
+        comps = graded.comps
+        correct = graded.rewards >= 1.0  # [P*n]
         per_problem = correct.view(-1, cfg.val_n)  # [P, n]
         stats = self._response_stats(comps.texts)
         for p, (row, fields_) in enumerate(zip(per_problem, batch.fields)):
@@ -818,14 +943,25 @@ class GRPOModule(L.LightningModule):
             self.log("val/avg_pass@1", float(np.mean(averages)), prog_bar=True, batch_size=1)
 
     # ------------------------------------------------------------------ checkpoints: adapter + RNG, never the base
+    def _sharded(self) -> bool:
+        """Whether the weights are sharded over processes (FSDP): Lightning then gathers and loads the full state
+        dict itself, and the module's own parameters hold only this process's shard."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
+
     def on_save_checkpoint(self, checkpoint: dict):
-        checkpoint["state_dict"] = adapter_state_dict(self.model)
+        if self._sharded():  # the gathered full state dict, less the frozen KL reference
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        else:
+            checkpoint["state_dict"] = adapter_state_dict(self.model)
         checkpoint["rng_state"] = rng_state()
         checkpoint["grpo_config"] = asdict(self.cfg)
         checkpoint["example_accuracy"] = {k: dict(v) for k, v in self._example_acc.items()}
 
     def on_load_checkpoint(self, checkpoint: dict):
-        load_adapter_state_dict(self.model, checkpoint)
+        if not self._sharded():
+            load_adapter_state_dict(self.model, checkpoint)
         restore_rng_state(checkpoint.get("rng_state"))
         for example_id, by_epoch in checkpoint.get("example_accuracy", {}).items():
             for e, accs in by_epoch.items():

@@ -19,18 +19,18 @@ from typing import Any
 
 import torch
 
-from reprokit.metrics.functional import pass_at_k, powers_of_two
+from reprokit.metrics.functional import mean_pass_at_k, powers_of_two
 from reprokit.training.sft import CausalLMModule, SFTDataModule
 from reprokit.worlds.config import BaseConfig, WorldConfig, config_hash
 from reprokit.worlds.task import (
     Problem,
     build_tokenizer,
     export_splits,
-    grade,
     make_splits,
     parse_question,
     render_prompt,
 )
+from reprokit.worlds.task import reward as task_reward
 from reprokit.worlds.teacher import build_corpus, max_response_chars
 
 __all__ = [
@@ -150,7 +150,8 @@ def evaluate_pass_at_k(
     default 10) plus a margin, so a model that never stops is cut off soon after. Sampling goes through the kit's
     decode loop (:func:`reprokit.sampling.generate`) with a generator seeded by ``seed``.
     """
-    from reprokit.sampling import generate, seeded_generator
+    from reprokit.evaluation.grading import sample_and_grade
+    from reprokit.sampling import seeded_generator
 
     if max_new_tokens is None:
         longest = max(len(parse_question(p.question)[1]) for p in problems)
@@ -161,17 +162,14 @@ def evaluate_pass_at_k(
     for begin in range(0, len(problems), prompts_per_call):
         chunk = problems[begin : begin + prompts_per_call]
         enc = tokenizer([render_prompt(p.question) for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-        comps = generate(
-            model, tokenizer, enc["input_ids"].to(device), enc["attention_mask"].to(device), n=n,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            generator=seeded_generator(device, seed, "world-pass@k", begin),
+        graded = sample_and_grade(
+            model, tokenizer, enc["input_ids"].to(device), enc["attention_mask"].to(device), [p.answer for p in chunk],
+            [{}] * len(chunk), n=n, reward_fn=task_reward, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, generator=seeded_generator(device, seed, "world-pass@k", begin),
         )
-        for i, p in enumerate(chunk):
-            correct.append(int(sum(grade(c, p.answer) for c in comps.texts[i * n : (i + 1) * n])))
-    out: dict = {}
-    for k in ks:
-        if k <= n:
-            out[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in correct) / len(problems)
+        correct += graded.correct()
+    ks = [k for k in ks if k <= n]
+    out: dict = {f"pass@{k}": value for k, value in (mean_pass_at_k(n, correct, ks) if ks else {}).items()}
     out.update(
         n=n,
         temperature=temperature,
@@ -296,7 +294,7 @@ def _by_steps(result: dict, ks: Sequence[int]) -> dict:
         groups.setdefault(s, []).append(c)
     n = result["n"]
     return {
-        str(s): {f"pass@{k}": sum(pass_at_k(n, c, k) for c in cs) / len(cs) for k in (ks[0], ks[len(ks) // 2], ks[-1])}
+        str(s): {f"pass@{k}": v for k, v in mean_pass_at_k(n, cs, sorted({ks[0], ks[len(ks) // 2], ks[-1]})).items()}
         for s, cs in sorted(groups.items())
     }
 

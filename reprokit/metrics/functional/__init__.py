@@ -5,6 +5,7 @@ from reprokit.metrics.functional.analysis import (
     accuracy_histogram,
     bootstrap_interval,
     solved_set_overlap,
+    stratified_bootstrap_interval,
 )
 from reprokit.metrics.functional.entropy import (
     entropy_stats,
@@ -14,7 +15,7 @@ from reprokit.metrics.functional.entropy import (
     quantiles,
     token_entropy,
 )
-from reprokit.metrics.functional.pass_at_k import pass_at_k, pass_at_k_per_problem, powers_of_two
+from reprokit.metrics.functional.pass_at_k import mean_pass_at_k, pass_at_k, pass_at_k_per_problem, powers_of_two
 
 __all__ = [
     "ACCURACY_BINS",
@@ -23,11 +24,13 @@ __all__ = [
     "entropy_stats",
     "high_entropy_overlap",
     "masked_values",
+    "mean_pass_at_k",
     "pass_at_k",
     "pass_at_k_per_problem",
     "powers_of_two",
     "quantile_key",
     "quantiles",
     "solved_set_overlap",
+    "stratified_bootstrap_interval",
     "token_entropy",
 ]

@@ -155,3 +155,39 @@ def bootstrap_interval(
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(x.mean()), float(low), float(high)
+
+
+def stratified_bootstrap_interval(
+    groups: Sequence[Sequence[float]],
+    paired: Sequence[Sequence[float]] | None = None,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """The mean over groups of each group's mean (a benchmark average), with its bootstrap interval: every resample
+    draws each group's problems with replacement from that group alone. ``(mean, low, high)``.
+
+    With ``paired`` (the same problems under another model, group by group) it is the interval of the difference of
+    the two averages, each group's problems resampled jointly for both models.
+    """
+    if not groups:
+        raise ValueError("stratified_bootstrap_interval: no groups")
+    rng = np.random.default_rng(seed)
+    totals = np.zeros(resamples)
+    point = 0.0
+    for index, values in enumerate(groups):
+        x = np.asarray(values, dtype=np.float64).reshape(-1)
+        if paired is not None:
+            other = np.asarray(paired[index], dtype=np.float64).reshape(-1)
+            if other.shape != x.shape:
+                raise ValueError(f"stratified_bootstrap_interval: group {index} has {x.size} values but {other.size} paired")
+            x = x - other
+        if x.size == 0:
+            raise ValueError(f"stratified_bootstrap_interval: group {index} is empty")
+        point += x.mean()
+        totals += x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(totals / len(groups), [tail, 1 - tail])
+    return float(point / len(groups)), float(low), float(high)
+

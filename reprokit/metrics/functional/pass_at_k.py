@@ -139,6 +139,17 @@ def pass_at_k_per_problem(n: Tensor, c: Tensor, ks: Sequence[int]) -> Tensor:
     return out
 
 
+def mean_pass_at_k(n: int | Sequence[int], correct: Sequence[int], ks: Sequence[int]) -> dict[int, float]:
+    """``{k: pass@k averaged over problems}``: problem ``p`` drew ``n`` samples (one number for all, or one per
+    problem) of which ``correct[p]`` were right; the same unbiased estimator as :func:`pass_at_k`."""
+    c = torch.as_tensor(list(correct), dtype=torch.float64)  # [P]
+    counts = torch.full_like(c, float(n)) if isinstance(n, int) else torch.as_tensor(list(n), dtype=torch.float64)  # [P]
+    if c.numel() == 0:
+        raise ValueError("mean_pass_at_k: no problems")
+    means = pass_at_k_per_problem(counts, c, ks).mean(0)  # [K]
+    return {int(k): float(v) for k, v in zip(ks, means)}
+
+
 def _check_problem_counts(n: Tensor, c: Tensor, max_k: int) -> None:
     """Raise naming the first problem whose counts cannot give pass@max_k."""
     need_more = f"k={max_k} exceeds its sample count; sample at least {max_k} responses per problem or drop the larger k"

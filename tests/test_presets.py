@@ -1,0 +1,76 @@
+"""The GRPO recipes' presets: every shipped YAML parses into valid sections, each recipe ships its paper's own
+settings as `paper`, and README's departures table of every one-GPU preset lists exactly the settings in which it
+differs from `paper`, with their current values."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from reprokit.cli import PRESETS_DIR, parse, preset_departures, preset_names, render_value
+from reprokit.recipes import focal_tokens, one_shot
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = {"one_shot": one_shot.RECIPE, "focal_tokens": focal_tokens.RECIPE}
+ONE_GPU = [("one_shot", "qwen2.5-math-1.5b"), ("one_shot", "consumer-12gb"), ("focal_tokens", "qwen2.5-math-1.5b")]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_preset_parses_into_valid_sections(recipe):
+    names = preset_names(recipe)
+    assert {"paper", "qwen2.5-math-1.5b", "cpu"} <= set(names)
+    for name in names:
+        parsed = parse(RECIPES[recipe], ["--preset", name])
+        for section in ("run", "model", "grpo", "data", "eval"):
+            assert parsed.section(section) is not None, f"{recipe}/{name}.yaml: no {section} section"
+
+
+def test_paper_presets_hold_the_official_scripts_settings():
+    shot = parse(one_shot.RECIPE, ["--preset", "paper"])
+    grpo, run, data = shot.section("grpo"), shot.section("run"), shot.section("data")
+    assert (grpo.finetune, grpo.lr, grpo.weight_decay, grpo.kl_coef, grpo.entropy_coef) == ("full", 1e-6, 0.01, 0.001, 0.001)
+    assert (data.prompts_per_step, grpo.group_size, grpo.mini_batch_size, grpo.max_new_tokens) == (128, 8, None, 3072)
+    assert (run.devices, run.strategy, run.max_steps, grpo.stop_at_chat_end) == ("8", "ddp", 2000, False)
+    focal = parse(focal_tokens.RECIPE, ["--preset", "paper"])
+    grpo, run, data = focal.section("grpo"), focal.section("run"), focal.section("data")
+    assert (data.prompts_per_step, grpo.group_size, grpo.mini_batch_size) == (512, 16, 32)  # 16 updates per step
+    assert (grpo.epsilon_low, grpo.epsilon_high, grpo.dual_clip, grpo.weight_decay, grpo.warmup_steps) == (0.2, 0.28, 10.0, 0.1, 10)
+    assert (grpo.max_new_tokens, grpo.overlong_buffer, grpo.top_entropy_quantile, grpo.focal_scope) == (20480, 4096, 0.2, "micro_batch")
+    assert (run.strategy, run.devices, run.num_nodes, grpo.finetune) == ("fsdp", "8", 16, "full")
+
+
+def _cells(line: str) -> list[str]:
+    """A markdown table row's cells; a pipe written as \\| (inside code) is not a cell border."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def _readme_departures(recipe: str, preset: str) -> dict[str, tuple[str, str]]:
+    text = (REPO / "README.md").read_text()
+    marker = f"<!-- departures: {recipe} {preset} -->"
+    assert marker in text, f"README.md has no departures table for {recipe} {preset} ({marker})"
+    rows = {}
+    for line in text.split(marker, 1)[1].lstrip().splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        key, paper, mine, why, effect = _cells(line)
+        assert why and effect, f"{key}: a departure needs its reason and its expected effect"
+        rows[key.strip("`")] = (paper.strip("`"), mine.strip("`"))
+    return rows
+
+
+@pytest.mark.parametrize(("recipe", "preset"), ONE_GPU)
+def test_readme_lists_every_departure_of_a_one_gpu_preset_from_its_paper_preset(recipe, preset):
+    want = {key: (render_value(paper), render_value(mine)) for key, paper, mine in preset_departures(RECIPES[recipe], preset)}
+    got = _readme_departures(recipe, preset)
+    assert sorted(set(want) - set(got)) == [], "README leaves these departures out"
+    assert sorted(set(got) - set(want)) == [], "README lists settings that no longer differ"
+    for key in want:
+        assert got[key] == want[key], f"{key}: README shows {got[key]}, the presets say {want[key]}"
+
+
+def test_departures_flag_prints_the_difference_and_exits(capsys):
+    with pytest.raises(SystemExit) as stop:
+        one_shot.run(["--preset", "consumer-12gb", "--departures"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "grpo.max_new_tokens" in out and "grpo.lr" in out and str(PRESETS_DIR / "one_shot" / "paper.yaml") in out
