@@ -251,6 +251,26 @@ def entropy_histograms(values, stats: Mapping, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def entropy_comparison(values: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+    """Token-entropy distributions of several models' responses on one log10 axis, each labelled with its share
+    below 0.01 nats and its 80th percentile."""
+    import numpy as np
+
+    fig, ax = _single(6.0, 3.6)
+    floor = 1e-8
+    for i, (name, raw) in enumerate(values.items()):
+        v = np.asarray(raw, dtype=np.float64)
+        if not v.size:
+            continue
+        label = f"{name}: {np.mean(v < 0.01):.0%} below 0.01, p80 {np.quantile(v, 0.8):.3g}"
+        ax.hist(np.log10(np.clip(v, floor, None)), bins=60, histtype="step", lw=1.5, color=f"C{i}", label=label, density=True)
+    ax.axvline(np.log10(0.01), color="gray", ls=":", lw=1)
+    ax.set_xlabel("log10 token entropy (nats)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def top_tokens(table: Sequence[Mapping], rho: float, path: str | Path) -> Path:
     """Horizontal bars of the most frequent tokens at high-entropy positions (rows with ``token``, ``count``)."""
     fig, ax = _single(6, max(2.5, 0.22 * len(table) + 1))

@@ -32,14 +32,16 @@ KINDS = ("model", "examples", "benchmark", "reward", "traces", "section")
 
 ENTRIES: dict[str, dict[str, str]] = {
     "model": {"world": "reprokit.worlds.names:base_model", "gemma-3-270m": "reprokit.gguf:gemma_3_270m"},
-    "examples": {"world": "reprokit.worlds.names:examples"},
+    "examples": {"world": "reprokit.worlds.names:examples", "word_problems": "reprokit.domains.word_problems:examples"},
     "benchmark": {
         "world_test": "reprokit.worlds.names:benchmark",
         "world_hard": "reprokit.worlds.names:benchmark",
+        "word_problems": "reprokit.domains.word_problems:benchmark",
     },
     "reward": {  # the built-in ones: reprokit.rewards.REWARDS
         "world": "reprokit.worlds.task:reward",
         "world_mode": "reprokit.worlds.names:mode_reward",
+        "word_problems": "reprokit.domains.word_problems:reward",
     },
     "traces": {"world": "reprokit.worlds.names:teacher_traces"},
     "section": {"world": "reprokit.worlds.config:WorldConfig", "world_base": "reprokit.worlds.config:BaseConfig"},

@@ -19,10 +19,10 @@ test question.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 from reprokit.data import Example
+from reprokit.rewards.math import extract_boxed, is_equivalent
 
 __all__ = ["TEMPLATE", "benchmark", "examples", "make_problems", "reward"]
 
@@ -117,15 +117,21 @@ def examples(rest: str) -> list[Example]:
     return [_example(by_id[w], "word_problems") for w in wanted]
 
 
-_BOX = re.compile(r"\\boxed\{\s*([^{}]*?)\s*\}")
-_NUMBER = re.compile(r"^[+-]?\d+(?:\.0+)?$")
-
-
 def reward(completions: list[str], answers: list[str], **fields) -> list[float]:
-    """1.0 when the first ``\\boxed{}`` holds the answer (an integer; ``12.0`` and ``+12`` count), else 0.0."""
+    """1.0 when the first ``\\boxed{}`` of the response is equivalent to the answer (the math reward's equivalence:
+    ``12.0`` and ``+12`` count for 12), else 0.0."""
     out = []
     for completion, answer in zip(completions, answers, strict=True):
-        match = _BOX.search(completion)
-        text = match.group(1).replace(",", "") if match else ""
-        out.append(1.0 if _NUMBER.match(text) and int(float(text)) == int(answer) else 0.0)
+        start = completion.find("\\boxed")
+        end = completion.find("\\boxed", start + 1) if start >= 0 else -1
+        boxed = extract_boxed(completion[start : end if end > 0 else None]) if start >= 0 else None  # the first box
+        out.append(1.0 if boxed is not None and _same(boxed, str(answer)) else 0.0)
     return out
+
+
+def _same(boxed: str, answer: str) -> bool:
+    """Plain numbers compare by value at once; anything else goes to the math grader's equivalence."""
+    try:
+        return float(boxed.replace(",", "")) == float(answer)
+    except ValueError:
+        return is_equivalent(boxed, answer)
