@@ -37,7 +37,7 @@ RUN pip install \
 WORKDIR /reprokit
 COPY pyproject.toml README.md ./
 COPY reprokit ./reprokit
-COPY recipes ./recipes
+COPY presets ./presets
 RUN pip install --no-deps -e .
 
 VOLUME ["/root/.cache/huggingface", "/reprokit/runs"]

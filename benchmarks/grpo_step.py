@@ -2,7 +2,7 @@
 
 Builds Qwen2.5-Math-1.5B from its config with random weights (nothing is downloaded), quantizes the base to
 NF4, adds LoRA (rank and targets from the preset: r 64 on every linear layer) and times whole GRPO steps of a
-one-shot preset (recipes/one_shot/<preset>.yaml: prompts per step, group size, response length, micro-batch,
+one-shot preset (presets/one_shot/<preset>.yaml: prompts per step, group size, response length, micro-batch,
 generation batch, KL and entropy coefficients), split into
 
 * generation (rollout sampling),
@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -145,7 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--tiny, --proxy and --world are different models: pick one")
     if args.world:
         if args.preset not in (None, "cpu"):
-            parser.error("--world runs the one_shot cpu preset (recipes/one_shot/cpu.yaml): leave out --preset")
+            parser.error("--world runs the one_shot cpu preset (presets/one_shot/cpu.yaml): leave out --preset")
         if args.compare_sampling:
             parser.error("--compare-sampling times the random-weight models; use it with --tiny or --proxy")
         args.preset = "cpu"
@@ -170,23 +171,22 @@ def load_settings(args: argparse.Namespace) -> dict:
     """Batch, lengths, LoRA and loss settings from the preset YAML, with the command-line overrides."""
     import yaml
 
-    path = REPO / "recipes" / "one_shot" / PRESETS[args.preset]
+    from reprokit.cli import preset_values
+    from reprokit.recipes import one_shot
+
+    path = REPO / "presets" / "one_shot" / PRESETS[args.preset]
     preset = yaml.safe_load(path.read_text())
-    model, grpo, data = preset["model"], preset["grpo"], preset["data"]
+    v = preset_values(one_shot.RECIPE, path.stem)  # every setting, the defaults included
     settings = dict(
-        preset=args.preset, quantization=args.quantization,
-        lora_r=model.get("lora_r", 64), lora_alpha=model.get("lora_alpha", 128),
-        gradient_checkpointing=model.get("gradient_checkpointing", True),
-        double_quant=model.get("double_quant", True),
-        group_size=grpo["group_size"], temperature=grpo.get("temperature", 0.6), top_p=grpo.get("top_p", 1.0),
-        max_new_tokens=grpo["max_new_tokens"], micro_batch_size=grpo["micro_batch_size"],
-        generation_batch_size=grpo.get("generation_batch_size"), lr=grpo.get("lr", 2e-5),
-        weight_decay=grpo.get("weight_decay", 0.01), max_grad_norm=grpo.get("max_grad_norm", 1.0),
-        kl_coef=grpo.get("kl_coef", 0.001), entropy_coef=grpo.get("entropy_coef", 0.001),
-        loss_agg=grpo.get("loss_agg", "token-mean"), logprob_chunk_size=grpo.get("logprob_chunk_size", 1024),
-        prompts_per_step=data["prompts_per_step"], template=data.get("template", "qwen25-math-cot"),
-        cot_suffix=data.get("cot_suffix", True), examples="pi1", reward="alternating",
-        scale=args.scale, warmup_tokens=args.warmup_tokens,
+        preset=args.preset, quantization=args.quantization, lora_r=v["model.lora_r"], lora_alpha=v["model.lora_alpha"],
+        gradient_checkpointing=v["model.gradient_checkpointing"], double_quant=v["model.double_quant"],
+        group_size=v["rollout.group_size"], temperature=v["rollout.temperature"], top_p=v["rollout.top_p"],
+        max_new_tokens=v["rollout.max_new_tokens"], micro_batch_size=v["train.micro_batch_size"],
+        generation_batch_size=v["rollout.generation_batch_size"], lr=v["train.lr"], weight_decay=v["train.weight_decay"],
+        max_grad_norm=v["train.max_grad_norm"], kl_coef=v["loss.kl_coef"], entropy_coef=v["loss.entropy_coef"],
+        loss_agg=v["loss.loss_agg"], logprob_chunk_size=v["train.logprob_chunk_size"],
+        prompts_per_step=v["data.prompts_per_step"], template=v["prompt.template"], cot_suffix=v["prompt.cot_suffix"],
+        examples="pi1", reward="alternating", scale=args.scale, warmup_tokens=args.warmup_tokens,
     )
     if args.scale == "world":
         # The preset's world (its `world:` section names it), example, prompt format and reward; the base model is
@@ -195,7 +195,7 @@ def load_settings(args: argparse.Namespace) -> dict:
         from reprokit.worlds import WorldConfig
 
         registry.configure("world", WorldConfig.from_dict(preset.get("world") or {}))
-        settings.update(examples=data["examples"], reward=grpo.get("reward", "world"))
+        settings.update(examples=v["data.examples"], reward=v["rollout.reward"])
     elif args.scale == "tiny":
         settings.update(prompts_per_step=2, group_size=4, max_new_tokens=32, micro_batch_size=4,
                         generation_batch_size=None, lora_r=8, lora_alpha=16, logprob_chunk_size=64)
@@ -600,10 +600,10 @@ def _proc_status_kib(field: str) -> int | None:
 
 
 def run_reprokit(case: dict) -> dict:
-    """GRPOModule's rollout, score and accumulate_gradients, then clipping and an AdamW step built here."""
-    from reprokit.policy import ModelConfig, load_policy
-    from reprokit.sampling import MergedCopy
-    from reprokit.training.grpo import GRPOConfig, GRPOModule
+    """GRPOModule's own stages, each timed: the rollout, the no-grad log-prob passes, the gradients over
+    micro-batches, then clipping and the optimizer that configure_optimizers builds."""
+    from reprokit.policy import ModelConfig, count_parameters, load_policy
+    from reprokit.training.grpo import GRPOConfig, GRPOModule, accumulate_gradients, logprob_passes, rollout
 
     device = torch.device(case["device"])
     model, tokenizer = load_policy(
@@ -615,80 +615,53 @@ def run_reprokit(case: dict) -> dict:
         device=device,
     )
     batch = prompt_batch(tokenizer, case).to(device)
-    cfg = GRPOConfig(
+    cfg = GRPOConfig.of(
         group_size=case["group_size"], temperature=case["temperature"], top_p=case["top_p"],
         max_new_tokens=case["max_new_tokens"], generation_batch_size=case["generation_batch_size"],
         micro_batch_size=case["micro_batch_size"], lr=case["lr"], weight_decay=case["weight_decay"],
         max_grad_norm=case["max_grad_norm"], kl_coef=case["kl_coef"], entropy_coef=case["entropy_coef"],
         loss_agg=case["loss_agg"], logprob_chunk_size=case["logprob_chunk_size"], log_completions_every=0,
+        merged_copy=case["system"] == "reprokit-merged",
+        reward=case["reward"] if case["reward"] != "alternating" else "math",
     )
-    reward = alternating_reward if case["reward"] == "alternating" else None  # None: cfg.reward ("world") by name
-    if reward is None:
-        cfg.reward = case["reward"]
+    reward = alternating_reward if case["reward"] == "alternating" else None  # None: the rollout section's by name
     module = GRPOModule(model, tokenizer, cfg, reward_fn=reward).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    # What GRPOModule.configure_optimizers builds (the constant schedule is the identity, so it is left out).
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
-    clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-
+    opt = module.configure_optimizers()["optimizer"]
+    clip = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
     timer = PhaseTimer(device)
-    merged = MergedCopy(model) if case["system"] == "reprokit-merged" else None
-    rows_per_call = ((cfg.generation_batch_size or batch.input_ids.shape[0] * cfg.group_size) // cfg.group_size
-                     * cfg.group_size)
+    lengths_of = {"max_new_tokens": case["max_new_tokens"]}
+    rows_per_call = ((cfg.rollout.generation_batch_size or batch.input_ids.shape[0] * cfg.rollout.group_size)
+                     // cfg.rollout.group_size * cfg.rollout.group_size)
 
     def step(progress):
+        policy = module.policy
         with timer.phase("rollout"):
-            if merged is None:
-                ro, metrics = module.rollout(batch)
-                timer.add("generation", metrics["perf/gen_s"])
-            else:
-                ro = merged_rollout(module, merged, batch, timer)
-        lengths = ro.mask.sum(-1)  # [N] response tokens (the mask ends at the first EOS)
+            ro, rounds = rollout(policy, batch, module.sample_groups, lambda _: batch)
+            timer.add("generation", sum(r.comps.seconds for r in rounds))
+        lengths = ro.loss_mask.sum(-1)  # [N] response tokens (the mask ends at the first EOS)
         timer.tokens += int(lengths.sum())
         # Each generation call decodes until its own longest response ends.
         timer.decode_steps += sum(int(lengths[i : i + rows_per_call].max()) for i in range(0, lengths.numel(), rows_per_call))
         progress("rollout")
         with timer.phase("score"):
-            ro = module.score(ro)
+            ro = logprob_passes(policy, ro, behaviour=False)
         progress("score")
         opt.zero_grad(set_to_none=True)
         with timer.phase("fwd_bwd"):
-            module.accumulate_gradients(ro)
+            accumulate_gradients(policy, ro, lambda loss: loss.backward())
         progress("accumulate_gradients")
         with timer.phase("optimizer"):
             torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
 
     def set_length(warmup: bool) -> None:
-        cfg.max_new_tokens = case["warmup_tokens"] if warmup and case.get("warmup_tokens") else case["max_new_tokens"]
+        lengths_of["max_new_tokens"] = case["warmup_tokens"] if warmup and case.get("warmup_tokens") else case["max_new_tokens"]
+        rollout = replace(module.cfg.rollout, max_new_tokens=lengths_of["max_new_tokens"])
+        module.policy = replace(module.policy, cfg=replace(module.policy.cfg, rollout=rollout))
 
-    extra = dict(trainable_parameters=sum(p.numel() for p in params), adapter_dtype=str(params[0].dtype))
-    return timed_steps(case, timer, step, merged.model if merged else model, set_length, extra)
-
-
-def merged_rollout(module, merged, batch, timer: PhaseTimer):
-    """GRPOModule.rollout's steps (without dynamic sampling) sampling from the merged copy instead of the policy.
-
-    The module samples from its own model and has no option to sample from another, so the benchmark calls the
-    same public pieces itself: reprokit.sampling.generate, the module's reward function, group_advantages and
-    Rollout.from_completions.
-    """
-    from reprokit.algorithms import group_advantages
-    from reprokit.rewards import reward_keywords
-    from reprokit.sampling import generate
-    from reprokit.training.grpo import Rollout
-
-    cfg = module.cfg
-    with timer.phase("generation"):
-        merged.sync()  # the adapter changed in the last update: merge it again into the sampling copy
-        comps = generate(merged.model, module.tokenizer, batch.input_ids, batch.attention_mask, n=cfg.group_size,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                         eos_ids=module.eos_ids, batch_size=cfg.generation_batch_size)
-    answers = [a for a in batch.answers for _ in range(cfg.group_size)]
-    rewards = module.reward_fn(comps.texts, answers, **reward_keywords(batch.fields, cfg.group_size))
-    rewards = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=module.device)  # [N]
-    advantages = group_advantages(rewards, cfg.group_size, scale=cfg.advantage_scale)  # [N]
-    return Rollout.from_completions(comps, advantages, rewards, cfg.mask_truncated)
+    extra = dict(trainable_parameters=count_parameters(model)[0], adapter_dtype=str(params[0].dtype))
+    return timed_steps(case, timer, step, model, set_length, extra)
 
 
 def run_trl(case: dict) -> dict:
@@ -748,10 +721,10 @@ def run_trl(case: dict) -> dict:
 
         def timed_generation(*a, **kw):
             with timer.phase("generation"):
-                completion_ids, logprobs = generate_single_turn(*a, **kw)
-            timer.tokens += sum(len(ids) for ids in completion_ids)
-            timer.decode_steps += max(len(ids) for ids in completion_ids)
-            return completion_ids, logprobs
+                response_ids, logprobs = generate_single_turn(*a, **kw)
+            timer.tokens += sum(len(ids) for ids in response_ids)
+            timer.decode_steps += max(len(ids) for ids in response_ids)
+            return response_ids, logprobs
 
         # TRL's own methods are wrapped from outside to split its step into the same phases.
         trainer._generate_single_turn = timed_generation

@@ -95,13 +95,13 @@ def run_phase(phase: str, threads: int) -> dict:
         return _row(phase, started, tokens_per_s=comps.num_tokens / seconds, what=f"8 prompts x 64 sampled tokens, {quantization}")
     import lightning as L
 
-    from reprokit.data import OneShotDataModule
+    from reprokit.data import OneShotDataModule, Prompt
     from reprokit.training.grpo import GRPOConfig, GRPOModule
 
-    cfg = GRPOConfig(group_size=4, temperature=1.0, max_new_tokens=64, micro_batch_size=4, lr=1e-4,
-                     logprob_chunk_size=256, log_completions_every=0)
+    cfg = GRPOConfig.of(group_size=4, temperature=1.0, max_new_tokens=64, micro_batch_size=4, lr=1e-4,
+                        logprob_chunk_size=256, log_completions_every=0)
     module = GRPOModule(model, tokenizer, cfg, reward_fn=lambda c, a, **_: [t.count("e") / max(1, len(t)) for t in c])
-    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=2, template="none", cot_suffix=True)
+    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=2, prompt=Prompt(template="none", cot_suffix=True))
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     started = time.perf_counter()

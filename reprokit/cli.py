@@ -3,7 +3,7 @@
 A recipe describes its command line once, as a :class:`Recipe` (its name, its sections as dataclasses whose
 field docstrings are the ``--help`` texts), and :func:`parse` does the rest the same way for all of them:
 
-* precedence: defaults < ``--preset NAME`` (``recipes/<recipe>/NAME.yaml``; without one, the recipe's default,
+* precedence: defaults < ``--preset NAME`` (``presets/<recipe>/NAME.yaml``; without one, the recipe's default,
   ``cpu`` where there is no CUDA device) < ``--config FILE.yaml`` < flags;
 * ``--resume`` (training recipes) starts from the run directory's saved ``config.yaml``; later flags such as
   ``--max_steps`` still win;
@@ -12,7 +12,7 @@ field docstrings are the ``--help`` texts), and :func:`parse` does the rest the 
   (``--regrade``) is true;
 * the config sections of :mod:`reprokit.registry` (the CPU world's ``--world.*`` and ``--world_base.*``) are
   in every recipe, and their parsed values are handed to the registry for the names that read them;
-* a key that was renamed fails with a message naming the new one.
+* a key that moved to another section fails with a message naming its new place.
 """
 
 from __future__ import annotations
@@ -46,16 +46,20 @@ __all__ = [
     "render_value",
 ]
 
-PRESETS_DIR = Path(os.environ.get("REPROKIT_PRESETS_DIR", Path(__file__).resolve().parents[1] / "recipes"))
+PRESETS_DIR = Path(os.environ.get("REPROKIT_PRESETS_DIR", Path(__file__).resolve().parents[1] / "presets"))
 
-RENAMED_KEYS = {
-    f"world.{name}": f"world_base.{name}"
-    for name in (
-        "hidden_size", "num_layers", "num_heads", "intermediate_size", "pretrain_steps", "batch_size", "lr",
-        "warmup_steps", "eval_samples", "eval_temperature",
-    )
-}
-"""Old option spellings and the new ones they fail naming (the world's model settings have a section of their own)."""
+def _moved_keys() -> dict[str, str]:
+    """Option spellings that moved, and where to: the GRPO options' single `grpo` section became the rollout, loss
+    and train sections (its validation settings went to eval), and the prompt options of every recipe's data
+    section became the shared prompt section. An old spelling fails with a message naming the new one."""
+    from reprokit.training.grpo import LossConfig, RolloutConfig, TrainConfig
+
+    moved = {f"grpo.{f.name}": f"{section}.{f.name}" for section, cls in
+             (("rollout", RolloutConfig), ("loss", LossConfig), ("train", TrainConfig)) for f in fields(cls)}
+    moved |= {f"grpo.val_{name}": f"eval.{name}" for name in ("n", "temperature", "top_p", "max_new_tokens", "reward")}
+    moved |= {f"data.{name}": f"prompt.{name}" for name in ("template", "cot_suffix", "max_prompt_length", "drop_long_prompts")}
+    moved["grpo.top_entropy_quantile"] = "loss.focal_fraction"
+    return moved
 
 
 def gpu_preset() -> tuple[str, str]:
@@ -148,7 +152,7 @@ def preset_path(recipe: str, name: str) -> Path:
 
 
 PAPER_PRESET = "paper"
-"""The preset holding a paper's own settings (recipes/<recipe>/paper.yaml); the others' departures are diffs from it."""
+"""The preset holding a paper's own settings (presets/<recipe>/paper.yaml); the others' departures are diffs from it."""
 
 _NOT_SETTINGS = ("run.run_dir", "run.description")
 
@@ -193,6 +197,7 @@ def _print_departures(recipe: Recipe, preset: str) -> None:
 def build_parser(recipe: Recipe) -> ArgumentParser:
     parser = ArgumentParser(
         prog=f"python -m reprokit.recipes.{recipe.name}",
+        usage=f"python -m reprokit.recipes.{recipe.name} [--preset NAME] [--config FILE.yaml] [--SECTION.OPTION VALUE ...]",
         description=recipe.description,
         epilog=(
             "An option whose name is unique may be written without its section (--max_steps 3 for --run.max_steps 3); "
@@ -203,7 +208,7 @@ def build_parser(recipe: Recipe) -> ArgumentParser:
     )
     presets = preset_names(recipe.name)
     if presets:
-        parser.add_argument("--preset", type=str | None, default=None, help=f"Preset from recipes/{recipe.name}/ ({', '.join(presets)})")
+        parser.add_argument("--preset", type=str | None, default=None, help=f"Preset from presets/{recipe.name}/ ({', '.join(presets)})")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config (a copied and edited preset); later flags override it")
     if recipe.resumable:
         parser.add_argument("--resume", action=ActionYesNo, default=False, help="Continue the run in its run directory from its last checkpoint, with its saved config")
@@ -223,11 +228,11 @@ def parse(recipe: Recipe, argv: list[str] | None = None) -> Parsed:
     for alias, meaning in recipe.aliases.items():
         argv = [part for a in argv for part in (meaning if a == alias else [a])]
     argv = expand_short_flags(recipe, argv)
-    _refuse_renamed(argv)
+    _refuse_renamed(argv, recipe)
     if "--departures" in argv:
         chosen = _flag_value(argv, "--preset") or (recipe.default_preset() or (None, ""))[0] if recipe.default_preset else _flag_value(argv, "--preset")
         if PAPER_PRESET not in preset_names(recipe.name) or not chosen:
-            raise SystemExit(f"--departures compares a preset with recipes/{recipe.name}/{PAPER_PRESET}.yaml: give --preset NAME")
+            raise SystemExit(f"--departures compares a preset with presets/{recipe.name}/{PAPER_PRESET}.yaml: give --preset NAME")
         _print_departures(recipe, chosen)
         raise SystemExit(0)
     parser = build_parser(recipe)
@@ -241,7 +246,7 @@ def parse(recipe: Recipe, argv: list[str] | None = None) -> Parsed:
         if saved is None or not saved.is_file():
             short = recipe.run_dir_key.rpartition(".")[2]
             raise SystemExit(f"--resume needs --{short} pointing at an earlier run (no config.yaml in {run_dir})")
-        _refuse_renamed_in_file(saved)
+        _refuse_renamed_in_file(saved, recipe)
         argv = ["--config", str(saved)] + _drop_flag(argv, "--preset")
         notes.append(f"resuming {run_dir} with its saved config")
         preset = None
@@ -257,7 +262,7 @@ def parse(recipe: Recipe, argv: list[str] | None = None) -> Parsed:
             notes.append(f"preset '{preset}'")
     for i, arg in enumerate(argv):
         if i and argv[i - 1] == "--config":
-            _refuse_renamed_in_file(Path(arg))
+            _refuse_renamed_in_file(Path(arg), recipe)
     cfg = parser.parse_args(argv)
     init = parser.instantiate(cfg)
     if recipe.registry_sections:
@@ -354,21 +359,35 @@ def _drop_flag(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def _refuse_renamed(argv: list[str]) -> None:
+def _has(recipe: Recipe, key: str) -> bool:
+    """Whether ``section.field`` is an option of the recipe."""
+    section, _, name = key.partition(".")
+    return section in recipe.sections and name in {f.name for f in fields(recipe.sections[section])}
+
+
+def _refuse_renamed(argv: list[str], recipe: Recipe) -> None:
+    moved = _moved_keys()
     for arg in argv:
         key = arg.partition("=")[0].removeprefix("--")
-        if key in RENAMED_KEYS:
-            raise SystemExit(f"--{key} has been renamed: write --{RENAMED_KEYS[key]}")
+        if key in moved and not _has(recipe, key):
+            raise SystemExit(f"--{key} has moved: write --{moved[key]}")
+        if key == "grpo.accuracy_file":
+            raise SystemExit("--grpo.accuracy_file is gone: every GRPO run writes <run_dir>/example_accuracy.json")
 
 
-def _refuse_renamed_in_file(path: Path) -> None:
+def _refuse_renamed_in_file(path: Path, recipe: Recipe) -> None:
     import yaml
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return  # the parser reports an unreadable file itself
-    for old, new in RENAMED_KEYS.items():
-        section, _, key = old.partition(".")
-        if isinstance(data.get(section), dict) and key in data[section]:
-            raise SystemExit(f"{path}: {section}: {key} has been renamed: write it as {new.replace('.', ': ', 1)}")
+    moved = _moved_keys()
+    found = []
+    for section, values in data.items() if isinstance(data, dict) else ():
+        for key in values if isinstance(values, dict) else ():
+            old = f"{section}.{key}"
+            if old in moved and not _has(recipe, old):
+                found.append(f"{section}: {key} -> {moved[old].replace('.', ': ', 1)}")
+    if found:
+        raise SystemExit(f"{path}: these options have moved to other sections; write them as: {'; '.join(found)}")

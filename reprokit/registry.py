@@ -14,7 +14,7 @@ kind               a name is used as                                 the functio
 ``model``          ``--model.name_or_path NAME``                     ``() -> str``: a local model folder
 ``examples``       ``--data.examples PREFIX:REST``                   ``(rest) -> list[Example]``
 ``benchmark``      ``--eval.benchmarks [NAME]``                      ``(name, limit) -> list[Example]``
-``reward``         ``--grpo.reward NAME``                            ``(completions, answers, **fields)``
+``reward``         ``--rollout.reward NAME``                            ``(completions, answers, **fields)``
 ``traces``         ``--data.file PREFIX:REST`` (distill)             ``(rest, path) -> path`` of a JSONL
 ``section``        ``--NAME.field`` in every recipe                  a dataclass; the parsed value is kept
                                                                      for the entries to read (:func:`settings`)
@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["ENTRIES", "KINDS", "RENAMED", "configure", "import_object", "lookup", "names", "register", "resolve", "settings"]
+__all__ = ["ENTRIES", "KINDS", "configure", "import_object", "lookup", "names", "register", "resolve", "settings"]
 
 KINDS = ("model", "examples", "benchmark", "reward", "traces", "section")
 
@@ -48,8 +48,6 @@ ENTRIES: dict[str, dict[str, str]] = {
 }
 """kind -> name -> ``"module:attribute"``. Edit through :func:`register`."""
 
-RENAMED: dict[str, str] = {"reprokit.worlds.arith:reward": "world"}
-"""Old spellings that now fail with a message naming the new one."""
 
 _SETTINGS: dict[str, Any] = {}
 
@@ -81,8 +79,6 @@ def resolve(kind: str, name: str, what: str | None = None):
     """
     _check_kind(kind)
     what = what or kind
-    if name in RENAMED:
-        raise ValueError(f"{what} {name!r} has been renamed: write {RENAMED[name]!r}")
     target = ENTRIES[kind].get(name)
     if target is None and ":" not in name:
         known = ", ".join(repr(n) for n in names(kind)) or "none"

@@ -31,6 +31,7 @@ import copy
 import inspect
 import time
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.generation.logits_process import TopPLogitsWarper
 
-__all__ = ["Completions", "MergedCopy", "completion_mask_from_ids", "generate", "seeded_generator"]
+from reprokit.rewards import reward_keywords, score
+
+__all__ = ["Completions", "Graded", "MergedCopy", "generate", "response_mask_from_ids", "sample_and_grade", "seeded_generator"]
 
 
 @dataclass
@@ -48,29 +51,29 @@ class Completions:
 
     prompt_ids: torch.Tensor  # [N, L] left-padded, each prompt repeated n times
     prompt_mask: torch.Tensor  # [N, L]
-    completion_ids: torch.Tensor  # [N, T] right-padded with the pad id
-    completion_mask: torch.Tensor  # [N, T] 1 up to and including the first EOS
+    response_ids: torch.Tensor  # [N, T] right-padded with the pad id
+    response_mask: torch.Tensor  # [N, T] 1 up to and including the first EOS
     truncated: torch.Tensor  # [N] bool: no EOS within max_new_tokens
     texts: list[str]  # decoded responses, special tokens removed
     seconds: float  # wall time spent in generate
 
     @property
     def lengths(self) -> torch.Tensor:
-        return self.completion_mask.sum(-1)  # [N]
+        return self.response_mask.sum(-1)  # [N]
 
     @property
     def num_tokens(self) -> int:
-        return int(self.completion_mask.sum())
+        return int(self.response_mask.sum())
 
 
-def completion_mask_from_ids(completion_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def response_mask_from_ids(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask that keeps tokens up to and including the first EOS; also whether each row never hit EOS.
 
     The pad id is often an EOS id too, so the mask cannot come from `!= pad`: only the first EOS ends a response.
     """
-    is_eos = torch.zeros_like(completion_ids, dtype=torch.bool)  # [N, T]
+    is_eos = torch.zeros_like(response_ids, dtype=torch.bool)  # [N, T]
     for eos in eos_ids:
-        is_eos |= completion_ids == eos
+        is_eos |= response_ids == eos
     seen_before = (is_eos.cumsum(-1) - is_eos.long()) > 0  # [N, T] an EOS strictly earlier in the row
     mask = (~seen_before).long()  # [N, T]
     truncated = ~is_eos.any(-1)  # [N]
@@ -150,17 +153,17 @@ def generate(
     seconds = time.perf_counter() - start
 
     width = max(c.shape[1] for c in chunks)
-    completion_ids = torch.cat(
+    response_ids = torch.cat(
         [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks]
     )  # [N, T]
-    completion_mask, truncated = completion_mask_from_ids(completion_ids, eos_ids)  # [N, T], [N]
-    completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_id)  # [N, T]
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    response_mask, truncated = response_mask_from_ids(response_ids, eos_ids)  # [N, T], [N]
+    response_ids = response_ids.masked_fill(response_mask == 0, pad_id)  # [N, T]
+    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return Completions(
         prompt_ids=input_ids.repeat_interleave(n, dim=0),  # [N, L]
         prompt_mask=attention_mask.repeat_interleave(n, dim=0),  # [N, L]
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
         truncated=truncated,
         texts=texts,
         seconds=seconds,
@@ -532,3 +535,51 @@ def _decode_with_hf_generate(
         **sample_kwargs,
     )  # [p*n, L + t]
     return out[:, input_ids.shape[1] :]
+
+
+@dataclass
+class Graded:
+    """``n`` responses to each of a batch's prompts (group-contiguous: prompt i's at i*n … i*n+n-1) and their rewards."""
+
+    comps: Completions
+    rewards: torch.Tensor  # [P*n] float32, on the prompts' device
+    n: int
+
+    def correct(self) -> list[int]:
+        """Responses per prompt whose reward is >= 1 (counted as solving it)."""
+        return (self.rewards >= 1.0).view(-1, self.n).sum(-1).tolist()
+
+
+def sample_and_grade(
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    answers: Sequence[str],
+    fields: Sequence[Mapping],
+    *,
+    n: int,
+    reward_fn: Callable[..., list[float]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    eos_ids: list[int] | None = None,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    reward_generator: torch.Generator | None = None,
+) -> Graded:
+    """Sample ``n`` responses to each prompt and grade them: the one path every rollout, validation, evaluation and
+    CPU-world measurement goes through (:func:`reprokit.sampling.generate`, then :func:`reprokit.rewards.score`).
+
+    Args:
+        input_ids, attention_mask: ``[P, L]`` left-padded prompts on the model's device.
+        answers, fields: each prompt's reference answer and its example fields (the reward's keywords).
+        generator / reward_generator: the sampling stream and the one a random reward draws from.
+    """
+    comps = generate(
+        model, tokenizer, input_ids, attention_mask, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p if temperature > 0 else 1.0, eos_ids=eos_ids, batch_size=batch_size, generator=generator,
+    )
+    expanded = [a for a in answers for _ in range(n)]
+    rewards = score(reward_fn, comps.texts, expanded, reward_keywords(list(fields), n), generator=reward_generator)
+    return Graded(comps=comps, rewards=torch.tensor(rewards, dtype=torch.float32, device=input_ids.device), n=n)

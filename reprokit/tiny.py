@@ -1,4 +1,5 @@
-"""Tiny models built in-process, no download: character tokenizers, random models of real architectures, and the
+"""Tiny models built in-process, no download: character tokenizers and random models of real architectures, the
+model name ``tiny`` every recipe accepts (tests, smoke runs, a new domain's plumbing before GPU hours), and the
 published configs of the models the kit targets (for benchmarks that build them with random weights).
 
 ``ModelConfig(name_or_path="tiny")`` (or ``tiny:llama``) loads :func:`build_tiny_model` through the same code as

@@ -1,5 +1,5 @@
 """Helpers that recipe runs started by the tests load by name (``--run.callbacks recorders:StepRecorder``,
-``--grpo.reward recorders:share_of_a``): the tests put this folder on the child processes' PYTHONPATH."""
+``--rollout.reward recorders:share_of_a``): the tests put this folder on the child processes' PYTHONPATH."""
 
 from pathlib import Path
 

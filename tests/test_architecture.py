@@ -40,17 +40,18 @@ def test_the_world_is_a_registry_entry_that_every_recipe_can_configure():
 
 
 def test_old_spellings_fail_naming_the_new_ones(tmp_path):
-    from reprokit.recipes import tiny_world
-    from reprokit.rewards import get_reward
+    """The GRPO options' one section became rollout, loss and train (validation's went to eval), and every recipe's
+    prompt options the shared prompt section: an old spelling names the new one, on the command line and in a file."""
+    from reprokit.recipes import focal_tokens, one_shot
 
-    with pytest.raises(SystemExit, match="--world_base.hidden_size"):
-        cli.parse(tiny_world.RECIPE, ["--world.hidden_size", "64"])
-    old = tmp_path / "old.yaml"
-    old.write_text("world:\n  pretrain_steps: 10\n")
-    with pytest.raises(SystemExit, match="world_base: pretrain_steps"):
-        cli.parse(tiny_world.RECIPE, ["--config", str(old)])
-    with pytest.raises(ValueError, match="renamed: write 'world'"):
-        get_reward("reprokit.worlds.arith:reward")
+    for old, new in (("--grpo.lr", "--train.lr"), ("--grpo.top_entropy_quantile", "--loss.focal_fraction"),
+                     ("--grpo.val_n", "--eval.n"), ("--data.template", "--prompt.template")):
+        with pytest.raises(SystemExit, match=new.replace(".", r"\.")):
+            cli.parse(one_shot.RECIPE, ["--preset", "cpu", old, "1"])
+    config = tmp_path / "old.yaml"
+    config.write_text("grpo:\n  lr: 1.0e-5\n  group_size: 4\ndata:\n  template: none\n")
+    with pytest.raises(SystemExit, match="grpo: lr -> train: lr; grpo: group_size -> rollout: group_size; data: template -> prompt: template"):
+        cli.parse(focal_tokens.RECIPE, ["--config", str(config)])
 
 
 def test_names_of_your_own_plug_in_like_the_worlds(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from reprokit.data import (
     Example,
     MathDataModule,
     OneShotDataModule,
+    Prompt,
     PromptBatch,
     PromptItem,
     SeededEpochSampler,
@@ -391,14 +392,14 @@ def test_pad_id_falls_back_to_eos():
 
 
 def test_module_options_checked_early(tokenizer):
-    with pytest.raises(DataError, match="template='qwen' is neither a template name"):
-        OneShotDataModule(tokenizer, "pi1", template="qwen")
+    with pytest.raises(ValueError, match="prompt.template='qwen': use one of"):
+        OneShotDataModule(tokenizer, "pi1", prompt=Prompt(template="qwen"))
     with pytest.raises(DataError, match="batch_size=0"):
         MathDataModule(tokenizer, "train.jsonl", batch_size=0)
 
 
 def test_one_shot_layout_and_padding(tokenizer):
-    dm = OneShotDataModule(tokenizer, "pi1,pi13", batch_size=6, max_prompt_length=2048)
+    dm = OneShotDataModule(tokenizer, "pi1,pi13", batch_size=6, prompt=Prompt(max_prompt_length=2048))
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert len(loader) == 1  # one epoch is one batch
@@ -420,18 +421,18 @@ def test_one_shot_layout_and_padding(tokenizer):
 
 
 def test_one_shot_uneven_split_and_sources(tokenizer, data_dir):
-    dm = OneShotDataModule(tokenizer, "pi1,pi2", batch_size=5, max_prompt_length=2048, label="true")
+    dm = OneShotDataModule(tokenizer, "pi1,pi2", batch_size=5, label="true", prompt=Prompt(max_prompt_length=2048))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch.example_ids == ["pi1", "pi2", "pi1", "pi2", "pi1"] and batch.answers[0] == "12.7"
 
     examples = [Example("x", "1+1?", "2"), Example("y", "2+2?", "4")]
-    dm = OneShotDataModule(tokenizer, examples, batch_size=4, template="none", cot_suffix=False)
+    dm = OneShotDataModule(tokenizer, examples, batch_size=4, prompt=Prompt(template="none", cot_suffix=False))
     dm.setup("fit")
     assert next(iter(dm.train_dataloader())).prompts == ["1+1?", "2+2?"] * 2
 
     pi2_file = str(data_dir / "train" / "pi2_r128.parquet")
-    file_dm = OneShotDataModule(tokenizer, pi2_file, batch_size=128, max_prompt_length=2048)
+    file_dm = OneShotDataModule(tokenizer, pi2_file, batch_size=128, prompt=Prompt(max_prompt_length=2048))
     file_dm.setup("fit")
     assert set(next(iter(file_dm.train_dataloader())).answers) == {"24"}
 
@@ -443,13 +444,12 @@ def test_one_shot_uneven_split_and_sources(tokenizer, data_dir):
 
 def test_long_prompts_raise_or_drop(tokenizer):
     examples = [Example("short", "1+1?", "2"), Example("long", "x" * 50, "1")]
-    options = dict(batch_size=2, template="none", cot_suffix=False)
     with pytest.raises(DataError) as err:
-        OneShotDataModule(tokenizer, examples, max_prompt_length=20, **options).setup("fit")
+        OneShotDataModule(tokenizer, examples, batch_size=2, prompt=Prompt("none", False, max_prompt_length=20)).setup("fit")
     message = str(err.value)
     assert "'long'" in message and "50-token" in message and "max_prompt_length=20" in message
     assert "drop_long_prompts=True" in message
-    dm = OneShotDataModule(tokenizer, examples, max_prompt_length=20, drop_long_prompts=True, **options)
+    dm = OneShotDataModule(tokenizer, examples, batch_size=2, prompt=Prompt("none", False, max_prompt_length=20, drop_long_prompts=True))
     with pytest.warns(UserWarning, match="dropped 1 prompt"):
         dm.setup("fit")
     assert next(iter(dm.train_dataloader())).example_ids == ["short", "short"]
@@ -475,7 +475,7 @@ def epoch_orders(dm: MathDataModule, epochs: int) -> list[list[str]]:
 
 def test_math_module_seeded_order(tokenizer, tmp_path):
     path = write_rows(tmp_path / "train.jsonl", 10)
-    options = dict(batch_size=4, template="none", cot_suffix=False)
+    options = dict(batch_size=4, prompt=Prompt(template="none", cot_suffix=False))
     first = MathDataModule(tokenizer, path, seed=3, **options)
     second = MathDataModule(tokenizer, path, seed=3, **options)
     other = MathDataModule(tokenizer, path, seed=4, **options)
@@ -491,7 +491,7 @@ def test_math_module_seeded_order(tokenizer, tmp_path):
 
 def test_math_module_real_dsr_sub(tokenizer, data_dir):
     dm = MathDataModule(
-        tokenizer, data_dir / "train" / "dsr_sub.parquet", skip_invalid=True, batch_size=128, max_prompt_length=4096
+        tokenizer, data_dir / "train" / "dsr_sub.parquet", skip_invalid=True, batch_size=128, prompt=Prompt(max_prompt_length=4096)
     )
     with pytest.warns(UserWarning, match="row 265"):
         dm.setup("fit")
@@ -518,7 +518,7 @@ def test_per_device_batch_under_ddp(tokenizer):
     class FakeTrainer:
         world_size = 2
 
-    dm = OneShotDataModule(tokenizer, "pi1", batch_size=8, max_prompt_length=2048)
+    dm = OneShotDataModule(tokenizer, "pi1", batch_size=8, prompt=Prompt(max_prompt_length=2048))
     dm.trainer = FakeTrainer()
     assert dm.train_dataloader().batch_size == 4  # 8 prompts per step over 2 processes
     dm.batch_size = 7
@@ -528,7 +528,7 @@ def test_per_device_batch_under_ddp(tokenizer):
 
 def test_eval_module(tokenizer, data_dir):
     dm = EvalDataModule(
-        tokenizer, ["aime24", "amc23"], data_dir=data_dir, limit=3, batch_size=4, max_prompt_length=4096
+        tokenizer, ["aime24", "amc23"], data_dir=data_dir, limit=3, batch_size=4, prompt=Prompt(max_prompt_length=4096)
     )
     dm.setup("validate")
     batches = list(dm.val_dataloader())
@@ -559,8 +559,8 @@ def test_lightning_fit_sets_epochs(tokenizer, tmp_path, data_dir):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     dm = MathDataModule(
-        tokenizer, write_rows(tmp_path / "t.jsonl", 8), batch_size=4, template="none", seed=7,
-        validation=Validation(benchmarks=["aime24"], data_dir=data_dir, limit=3), max_prompt_length=4096,
+        tokenizer, write_rows(tmp_path / "t.jsonl", 8), batch_size=4, prompt=Prompt(template="none", max_prompt_length=4096),
+        seed=7, validation=Validation(benchmarks=["aime24"], data_dir=data_dir, limit=3),
     )
     model = Recorder()
     model.validated = []

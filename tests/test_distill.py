@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from reprokit.data import Example, tokenize_examples
+from reprokit.data import Example, Prompt, tokenize_examples
 from reprokit.evaluation import load_model_spec
 from reprokit.policy import ModelConfig, load_policy, trainable_state_dict
 from reprokit.recipes import distill
@@ -25,7 +25,7 @@ def write_traces(path, n=12):
 def lora_args(traces, run_dir, *extra):
     return [
         "--preset", "cpu", "--data.file", str(traces), "--data.problem_field", "q", "--data.response_field", "sol",
-        "--data.template", TEMPLATE, "--data.cot_suffix", "false", "--run_dir", str(run_dir), *extra,
+        "--prompt.template", TEMPLATE, "--prompt.cot_suffix", "false", "--run_dir", str(run_dir), *extra,
     ]
 
 
@@ -74,8 +74,8 @@ def test_prompts_match_what_evaluation_samples_from(tmp_path):
     rows = write_traces(traces, n=3)
     _, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", gradient_checkpointing=False), device="cpu")
     for template, cot in ((TEMPLATE, False), ("qwen25-math-cot", True)):
-        data = distill.DistillData(file=str(traces), problem_field="q", response_field="sol", template=template, cot_suffix=cot)
-        pairs = distill.teacher_pairs(data, tokenizer)
+        data = distill.DistillData(file=str(traces), problem_field="q", response_field="sol")
+        pairs = distill.teacher_pairs(data, Prompt(template=template, cot_suffix=cot), tokenizer)
         assert [response for _, response in pairs] == [r["sol"] for r in rows]
         examples = [Example(str(i), r["q"], "0") for i, r in enumerate(rows)]
         items = tokenize_examples(examples, tokenizer, template=template, cot_suffix=cot)

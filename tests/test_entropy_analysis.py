@@ -184,5 +184,5 @@ def test_every_preset_parses():
     presets = sorted((PRESETS_DIR / "entropy_analysis").glob("*.yaml"))
     assert {p.stem for p in presets} >= {"cpu", "qwen2.5-math-1.5b"}
     for preset in presets:
-        opts = entropy_analysis.parse_options(["--preset", preset.stem])
-        assert opts.n >= 1 and opts.rho == 0.2, preset
+        opts, sampling, _ = entropy_analysis.parse_options(["--preset", preset.stem])
+        assert sampling.n >= 1 and opts.rho == 0.2, preset

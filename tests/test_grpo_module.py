@@ -11,10 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from reprokit.data import OneShotDataModule
+from reprokit.data import OneShotDataModule, Prompt
 from reprokit.policy import ModelConfig, load_policy, trainable_state_dict
 from reprokit.recipes import focal_tokens, one_shot
-from reprokit.training.grpo import GRPOConfig, GRPOModule
+from reprokit.training.grpo import GRPOConfig, GRPOModule, LossConfig, rollout_metrics
 
 
 def _quantized_base(model) -> dict[str, torch.Tensor]:
@@ -72,7 +72,7 @@ def _cpu_model_config() -> ModelConfig:
     from reprokit import registry
     from reprokit.worlds import WorldConfig
 
-    preset = yaml.safe_load((Path(one_shot.__file__).parents[2] / "recipes" / "one_shot" / "cpu.yaml").read_text())
+    preset = yaml.safe_load((Path(one_shot.__file__).parents[2] / "presets" / "one_shot" / "cpu.yaml").read_text())
     registry.configure("world", WorldConfig(**preset["world"]))  # "world" names the preset's world
     return ModelConfig(**preset["model"])
 
@@ -80,8 +80,8 @@ def _cpu_model_config() -> ModelConfig:
 def test_recipe_rejects_unknown_preset_and_bad_option_naming_them(tmp_path):
     with pytest.raises(SystemExit, match="no-such-preset"):
         one_shot.run(["--preset", "no-such-preset", "--run_dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="top_entropy_quantile"):
-        GRPOConfig(top_entropy_quantile=1.5)
+    with pytest.raises(ValueError, match="focal_fraction"):
+        LossConfig(focal_fraction=1.5)
 
 
 def fraction_of_a(completions, answers, **fields):
@@ -109,8 +109,8 @@ def _confident_tiny_policy():
 def test_grpo_raises_an_easy_reward_within_a_bounded_number_of_steps():
     L.seed_everything(0, verbose=False)
     model, tokenizer = _confident_tiny_policy()
-    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=4, template="none", cot_suffix=False)
-    cfg = GRPOConfig(
+    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=4, prompt=Prompt(template="none", cot_suffix=False))
+    cfg = GRPOConfig.of(
         group_size=8, temperature=1.0, max_new_tokens=8, micro_batch_size=32, lr=2e-2,
         kl_coef=0.0, entropy_coef=0.0, log_completions_every=0,
     )
@@ -139,7 +139,7 @@ class DumpFocal(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         ro = pl_module.last_rollout
         record = {
-            "entropies": ro.entropy[ro.mask.bool()].tolist(),
+            "entropies": ro.entropy[ro.loss_mask.bool()].tolist(),
             "threshold": pl_module.last_metrics["focal/threshold"],
             "reward_mean": pl_module.last_metrics["reward/mean"],
             "n_prompts": len(batch.example_ids),
@@ -151,10 +151,10 @@ class DumpFocal(Callback):
 
 def test_focal_threshold_and_metrics_are_global_under_two_process_ddp(tmp_path):
     model, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", lora_r=4, gradient_checkpointing=False))
-    data = OneShotDataModule(tokenizer, examples="pi1,pi13", batch_size=4, template="none", cot_suffix=False)
-    cfg = GRPOConfig(
+    data = OneShotDataModule(tokenizer, examples="pi1,pi13", batch_size=4, prompt=Prompt(template="none", cot_suffix=False))
+    cfg = GRPOConfig.of(
         group_size=4, temperature=1.0, max_new_tokens=12, micro_batch_size=3, lr=1e-3, kl_coef=0.0,
-        entropy_coef=0.0, top_entropy_quantile=0.2, log_completions_every=0,
+        entropy_coef=0.0, focal_fraction=0.2, log_completions_every=0,
     )
     module = GRPOModule(model, tokenizer, cfg, reward_fn=fraction_of_a)
     trainer = L.Trainer(
@@ -201,7 +201,7 @@ def test_cpu_preset_with_mini_batches_counts_rollout_steps_and_updates_off_polic
     step count of checkpoints and TensorBoard is the rollout steps', and the updates after the first are off-policy."""
     run_dir = tmp_path / "mini"
     summary, trainer, module = one_shot.run([
-        "--preset", "cpu", "--run_dir", str(run_dir), "--grpo.mini_batch_size", "2", "--max_steps", "3",
+        "--preset", "cpu", "--run_dir", str(run_dir), "--train.mini_batch_size", "2", "--max_steps", "3",
         "--run.checkpoint_every", "1", "--run.val_every", "0", "--eval.limit", "20",
     ])
     assert trainer.global_step == 3 and summary["steps"] == 3
@@ -223,30 +223,32 @@ def test_overlong_punishment_shapes_the_advantage_but_not_which_groups_are_infor
 
     torch.manual_seed(0)
     model, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", lora_r=4, gradient_checkpointing=False))
-    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=3, template="none", cot_suffix=False)
+    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=3, prompt=Prompt(template="none", cot_suffix=False))
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    cfg = GRPOConfig(group_size=4, temperature=1.0, max_new_tokens=12, overlong_buffer=6, overlong_penalty=0.5, kl_coef=0.0)
+    cfg = GRPOConfig.of(group_size=4, temperature=1.0, max_new_tokens=12, overlong_buffer=6, overlong_penalty=0.5, kl_coef=0.0)
     module = GRPOModule(model, tokenizer, cfg, reward_fn=always_right)
-    ro, metrics = module.rollout(batch)
+    ro, rounds = module.sample(batch)
+    metrics = rollout_metrics(rounds, {})
     lengths = ro.attention_mask[:, ro.prompt_len :].sum(-1)  # [N] response tokens, the EOS included
     assert len(set(lengths.tolist())) > 1, "the responses should differ in length for the check to mean anything"
     shaped = 1.0 + overlong_penalty(lengths, 12, 6, 0.5)
     assert torch.allclose(ro.advantages, group_advantages(shaped, 4), atol=1e-6)
     assert metrics["reward/mean"] == 1.0 and metrics["reward/overlong_penalty"] == pytest.approx(float(shaped.mean() - 1))
 
-    filtering = GRPOModule(model, tokenizer, dataclasses.replace(cfg, dynamic_sampling=True), reward_fn=always_right)
-    ro, metrics = filtering.rollout(batch)
+    dynamic = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, dynamic_sampling=True))
+    ro, rounds = GRPOModule(model, tokenizer, dynamic, reward_fn=always_right).sample(batch)
+    metrics = rollout_metrics(rounds, {})
     assert ro.num_real_rows == 0 and metrics["groups/informative_frac"] == 0.0, "every group is right: none informative"
 
 
 def test_responses_stop_at_the_chat_end_token_only_when_asked():
     model, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", lora_r=4, gradient_checkpointing=False))
     im_end, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id
-    kit = GRPOModule(model, tokenizer, GRPOConfig(kl_coef=0.0))
-    paper = GRPOModule(model, tokenizer, GRPOConfig(kl_coef=0.0, stop_at_chat_end=False))
-    assert im_end in kit.eos_ids and eos in kit.eos_ids
-    assert paper.eos_ids == [eos], "the papers' verl stops only at the generation config's EOS"
+    kit = GRPOModule(model, tokenizer, GRPOConfig.of(kl_coef=0.0))
+    paper = GRPOModule(model, tokenizer, GRPOConfig.of(kl_coef=0.0, stop_at_chat_end=False))
+    assert im_end in kit.policy.eos_ids and eos in kit.policy.eos_ids
+    assert paper.policy.eos_ids == [eos], "the papers' verl stops only at the generation config's EOS"
 
 
 def test_a_second_run_into_the_same_run_dir_is_refused_and_the_first_run_loses_nothing(tmp_path):

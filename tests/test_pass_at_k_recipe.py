@@ -273,7 +273,7 @@ def test_full_fine_tuning_checkpoint_spec_loads_every_trained_weight(tmp_path):
     from reprokit.recipes import one_shot
 
     run_dir = tmp_path / "full"
-    argv = ["--preset", "cpu", "--model.name_or_path", "tiny", "--model.quantization", "none", "--grpo.finetune", "full",
+    argv = ["--preset", "cpu", "--model.name_or_path", "tiny", "--model.quantization", "none", "--train.finetune", "full",
             "--eval.benchmarks", "[]", "--run_dir", str(run_dir), "--max_steps", "1", "--run.progress_bar", "false"]
     one_shot.run(argv)
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]

@@ -21,22 +21,22 @@ def test_every_preset_parses_into_valid_sections(recipe):
     assert {"paper", "qwen2.5-math-1.5b", "cpu"} <= set(names)
     for name in names:
         parsed = parse(RECIPES[recipe], ["--preset", name])
-        for section in ("run", "model", "grpo", "data", "eval"):
+        for section in ("run", "model", "rollout", "loss", "train", "data", "prompt", "eval"):
             assert parsed.section(section) is not None, f"{recipe}/{name}.yaml: no {section} section"
 
 
 def test_paper_presets_hold_the_official_scripts_settings():
     shot = parse(one_shot.RECIPE, ["--preset", "paper"])
-    grpo, run, data = shot.section("grpo"), shot.section("run"), shot.section("data")
-    assert (grpo.finetune, grpo.lr, grpo.weight_decay, grpo.kl_coef, grpo.entropy_coef) == ("full", 1e-6, 0.01, 0.001, 0.001)
-    assert (data.prompts_per_step, grpo.group_size, grpo.mini_batch_size, grpo.max_new_tokens) == (128, 8, None, 3072)
-    assert (run.devices, run.strategy, run.max_steps, grpo.stop_at_chat_end) == ("8", "ddp", 2000, False)
+    rollout, loss, train, run, data = (shot.section(s) for s in ("rollout", "loss", "train", "run", "data"))
+    assert (train.finetune, train.lr, train.weight_decay, loss.kl_coef, loss.entropy_coef) == ("full", 1e-6, 0.01, 0.001, 0.001)
+    assert (data.prompts_per_step, rollout.group_size, train.mini_batch_size, rollout.max_new_tokens) == (128, 8, None, 3072)
+    assert (run.devices, run.strategy, run.max_steps, rollout.stop_at_chat_end) == ("8", "ddp", 2000, False)
     focal = parse(focal_tokens.RECIPE, ["--preset", "paper"])
-    grpo, run, data = focal.section("grpo"), focal.section("run"), focal.section("data")
-    assert (data.prompts_per_step, grpo.group_size, grpo.mini_batch_size) == (512, 16, 32)  # 16 updates per step
-    assert (grpo.epsilon_low, grpo.epsilon_high, grpo.dual_clip, grpo.weight_decay, grpo.warmup_steps) == (0.2, 0.28, 10.0, 0.1, 10)
-    assert (grpo.max_new_tokens, grpo.overlong_buffer, grpo.top_entropy_quantile, grpo.focal_scope) == (20480, 4096, 0.2, "micro_batch")
-    assert (run.strategy, run.devices, run.num_nodes, grpo.finetune) == ("fsdp", "8", 16, "full")
+    rollout, loss, train, run, data = (focal.section(s) for s in ("rollout", "loss", "train", "run", "data"))
+    assert (data.prompts_per_step, rollout.group_size, train.mini_batch_size) == (512, 16, 32)  # 16 updates per step
+    assert (loss.epsilon_low, loss.epsilon_high, loss.dual_clip, train.weight_decay, train.warmup_steps) == (0.2, 0.28, 10.0, 0.1, 10)
+    assert (rollout.max_new_tokens, rollout.overlong_buffer, loss.focal_fraction, loss.focal_scope) == (20480, 4096, 0.2, "micro_batch")
+    assert (run.strategy, run.devices, run.num_nodes, train.finetune) == ("fsdp", "8", 16, "full")
 
 
 def _cells(line: str) -> list[str]:
@@ -73,4 +73,4 @@ def test_departures_flag_prints_the_difference_and_exits(capsys):
         one_shot.run(["--preset", "consumer-12gb", "--departures"])
     assert stop.value.code == 0
     out = capsys.readouterr().out
-    assert "grpo.max_new_tokens" in out and "grpo.lr" in out and str(PRESETS_DIR / "one_shot" / "paper.yaml") in out
+    assert "rollout.max_new_tokens" in out and "train.lr" in out and str(PRESETS_DIR / "one_shot" / "paper.yaml") in out

@@ -6,6 +6,7 @@ log-probs, and the gradient of one NF4 + LoRA GRPO step against the same network
 """
 
 import copy
+import dataclasses
 import json
 import os
 
@@ -15,10 +16,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from reprokit.algorithms import response_logprobs
-from reprokit.data import OneShotDataModule
+from reprokit.data import OneShotDataModule, Prompt
 from reprokit.policy import ModelConfig, eos_token_ids, load_base_model, load_policy, load_trainable_state_dict
 from reprokit.sampling import MergedCopy, generate
-from reprokit.training.grpo import GRPOConfig, GRPOModule
+from reprokit.training.grpo import GRPOConfig, GRPOModule, accumulate_gradients, logprob_passes
 
 pytestmark = pytest.mark.slow
 
@@ -68,22 +69,22 @@ def test_the_decode_loop_is_greedy_generate_and_the_chunked_pass_is_full_logits(
             eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
         )[:, enc.input_ids.shape[1] :]
     for row in range(len(PROMPTS)):
-        length = int(ours.completion_mask[row].sum())
-        assert ours.completion_ids[row, :length].tolist() == ref[row, :length].tolist(), f"prompt {row}"
+        length = int(ours.response_mask[row].sum())
+        assert ours.response_ids[row, :length].tolist() == ref[row, :length].tolist(), f"prompt {row}"
 
-    sequences = torch.cat([ours.prompt_ids, ours.completion_ids], 1)
-    attention = torch.cat([ours.prompt_mask, ours.completion_mask], 1)
+    sequences = torch.cat([ours.prompt_ids, ours.response_ids], 1)
+    attention = torch.cat([ours.prompt_mask, ours.response_mask], 1)
     first = ours.prompt_ids.shape[1] - 1
     with torch.no_grad():
         logp, entropy = response_logprobs(
-            model, sequences, attention, ours.completion_ids, first=first, temperature=0.7, chunk_size=16
+            model, sequences, attention, ours.response_ids, first=first, temperature=0.7, chunk_size=16
         )
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=sequences, attention_mask=attention, position_ids=position_ids).logits.float()
         full_logp = (logits[:, first:-1] / 0.7).log_softmax(-1)
-        want = full_logp.gather(-1, ours.completion_ids[..., None]).squeeze(-1)
+        want = full_logp.gather(-1, ours.response_ids[..., None]).squeeze(-1)
         want_entropy = -(full_logp.exp() * full_logp).sum(-1)
-    valid = ours.completion_mask.bool()
+    valid = ours.response_mask.bool()
     assert (logp - want)[valid].abs().max() < 2e-4
     assert (entropy - want_entropy)[valid].abs().max() < 2e-4
 
@@ -108,12 +109,12 @@ def test_one_nf4_lora_grpo_step_on_pi1_has_the_float32_gradient(folder):
     policy, tokenizer = load_policy(
         ModelConfig(name_or_path=folder, quantization="nf4", lora_r=8, lora_alpha=16, gradient_checkpointing=True)
     )
-    cfg = GRPOConfig(
+    cfg = GRPOConfig.of(
         group_size=4, temperature=1.0, max_new_tokens=16, micro_batch_size=4, lr=1e-3, kl_coef=0.01,
         entropy_coef=0.001, max_grad_norm=None, logprob_chunk_size=256, log_completions_every=0,
     )
     module = GRPOModule(policy, tokenizer, cfg, reward_fn=letter_e)
-    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=1, template="none", cot_suffix=True)
+    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=1, prompt=Prompt(template="none", cot_suffix=True))
     keep = KeepStep()
     trainer = L.Trainer(
         max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -139,11 +140,9 @@ def test_one_nf4_lora_grpo_step_on_pi1_has_the_float32_gradient(folder):
     reference = get_peft_model(plain, copy.deepcopy(policy.peft_config["default"])).train()
     load_trainable_state_dict(reference, keep.adapter)
     ref_module = GRPOModule(reference, tokenizer, cfg, reward_fn=letter_e)
-    ro = keep.rollout
-    ro.pg_mask = None
-    ro = ref_module.score(ro)
+    ro = logprob_passes(ref_module.policy, dataclasses.replace(keep.rollout, pg_mask=None), behaviour=False)
     reference.zero_grad(set_to_none=True)
-    ref_module.accumulate_gradients(ro)
+    accumulate_gradients(ref_module.policy, ro, lambda loss: loss.backward())
     want = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
     diff = torch.cat([(keep.grads[n] - want[n]).flatten() for n in want])
     scale = torch.cat([want[n].flatten() for n in want])
@@ -157,7 +156,7 @@ def test_pass_at_k_runs_on_it_by_name(tmp_path, data_dir):
     run_dir = tmp_path / "pass"
     pass_at_k.run([
         "--preset", "cpu", "--models", "base=gemma-3-270m", "--benchmarks", "math500", "--limit", "2", "--n", "4",
-        "--data.data_dir", str(data_dir), "--data.template", "none", "--max_new_tokens", "24", "--quantization", "none",
+        "--data.data_dir", str(data_dir), "--prompt.template", "none", "--max_new_tokens", "24", "--quantization", "none",
         "--ppl_samples", "1", "--run_dir", str(run_dir), "--progress_bar", "false",
     ])
     lines = (run_dir / "samples.jsonl").read_text().splitlines()

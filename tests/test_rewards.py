@@ -19,6 +19,7 @@ import pytest
 from reprokit.rewards import REWARDS, extract_boxed, get_reward, is_equivalent, math_reward
 from reprokit.rewards import math as rmath
 from reprokit.rewards._pool import FAILED, TIMED_OUT, GraderPool
+from reprokit.data import Prompt
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
@@ -498,17 +499,17 @@ def test_grpo_random_reward_draws_are_fixed_by_seed_and_batch_index_only():
     from reprokit.training.grpo import GRPOConfig, GRPOModule
 
     tokenizer = build_tiny_tokenizer()
-    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=4, template="none", cot_suffix=False)
+    data = OneShotDataModule(tokenizer, examples="pi1", batch_size=4, prompt=Prompt(template="none", cot_suffix=False))
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    cfg = GRPOConfig(
+    cfg = GRPOConfig.of(
         group_size=8, max_new_tokens=4, micro_batch_size=32, reward="random", kl_coef=0.0, log_completions_every=0
     )
 
     def rollouts(start: int, count: int) -> list[torch.Tensor]:
         module = GRPOModule(build_tiny_model(tokenizer, seed=0), tokenizer, cfg, seed=7)
         module._rollouts_without_trainer = start  # where a resumed run's batch index would stand
-        return [module.rollout(batch)[0].rewards for _ in range(count)]
+        return [module.sample(batch)[0].rewards for _ in range(count)]
 
     whole = rollouts(0, 3)
     resumed = rollouts(2, 1)

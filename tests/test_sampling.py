@@ -36,11 +36,11 @@ def _add_eos_bias(lm_head, eos_id: int, bias: float):
     lm_head.register_forward_hook(hook)
 
 
-def _reference_mask(completion_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference_mask(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain loops: 1 up to and including the first EOS of each row; whether a row has none."""
-    mask = torch.zeros_like(completion_ids)
-    truncated = torch.ones(completion_ids.shape[0], dtype=torch.bool)
-    for row, ids in enumerate(completion_ids.tolist()):
+    mask = torch.zeros_like(response_ids)
+    truncated = torch.ones(response_ids.shape[0], dtype=torch.bool)
+    for row, ids in enumerate(response_ids.tolist()):
         for col, token in enumerate(ids):
             mask[row, col] = 1
             if token in eos_ids:
@@ -93,11 +93,11 @@ def test_greedy_matches_transformers_generate_with_padding_eos_and_chunks(quanti
         assert ref_truncated.any() and (~ref_truncated).any() and int(lengths.min()) < max_new // 2
 
     width = int(lengths.max())
-    assert comps.completion_ids.shape == (len(PROMPTS) * n, width)
-    assert torch.equal(comps.completion_mask, ref_mask[:, :width])
+    assert comps.response_ids.shape == (len(PROMPTS) * n, width)
+    assert torch.equal(comps.response_mask, ref_mask[:, :width])
     assert torch.equal(comps.truncated, ref_truncated)
     expected_ids = reference[:, :width].masked_fill(ref_mask[:, :width] == 0, tokenizer.pad_token_id)
-    assert torch.equal(comps.completion_ids, expected_ids)
+    assert torch.equal(comps.response_ids, expected_ids)
     assert comps.texts == tokenizer.batch_decode(expected_ids, skip_special_tokens=True)
     assert torch.equal(comps.prompt_ids, enc.input_ids.repeat_interleave(n, 0))
     assert torch.equal(comps.prompt_mask, enc.attention_mask.repeat_interleave(n, 0))
@@ -123,7 +123,7 @@ def test_models_outside_the_decode_loop_go_through_generate_with_the_same_result
     loop = generate(model, tokenizer, enc.input_ids, enc.attention_mask, **kwargs)
     monkeypatch.setattr(sampling, "_supports_decode_loop", lambda model: False)
     fallback = generate(model, tokenizer, enc.input_ids, enc.attention_mask, **kwargs)
-    assert torch.equal(loop.completion_ids, fallback.completion_ids) and loop.texts == fallback.texts
+    assert torch.equal(loop.response_ids, fallback.response_ids) and loop.texts == fallback.texts
 
 
 def test_first_eos_is_kept_later_tokens_are_pad_and_pad_equal_to_eos_is_not_a_stop():
@@ -135,16 +135,16 @@ def test_first_eos_is_kept_later_tokens_are_pad_and_pad_equal_to_eos_is_not_a_st
     # Only <|im_end|> ends a response: <|endoftext|> (= pad) is then an ordinary token and must stay in the mask.
     comps = generate(model, tokenizer, enc.input_ids, enc.attention_mask, n=1, max_new_tokens=30, temperature=0.0,
                      eos_ids=[im_end])
-    mask, truncated = _reference_mask(comps.completion_ids, [im_end])
-    assert torch.equal(comps.completion_mask, mask) and torch.equal(comps.truncated, truncated)
-    pad_inside = (comps.completion_ids == tokenizer.pad_token_id) & (comps.completion_mask == 1)
+    mask, truncated = _reference_mask(comps.response_ids, [im_end])
+    assert torch.equal(comps.response_mask, mask) and torch.equal(comps.truncated, truncated)
+    pad_inside = (comps.response_ids == tokenizer.pad_token_id) & (comps.response_mask == 1)
     assert pad_inside.any(), "the biased model should emit <|endoftext|> inside some response"
 
     comps = generate(model, tokenizer, enc.input_ids, enc.attention_mask, n=1, max_new_tokens=30, temperature=0.0,
                      eos_ids=[tokenizer.eos_token_id, im_end])
     for row in range(len(PROMPTS)):
         length = int(comps.lengths[row])
-        ids = comps.completion_ids[row].tolist()
+        ids = comps.response_ids[row].tolist()
         if not comps.truncated[row]:
             assert ids[length - 1] in (tokenizer.eos_token_id, im_end), "the first EOS is part of the response"
             assert all(t not in (tokenizer.eos_token_id, im_end) for t in ids[: length - 1])
@@ -163,8 +163,8 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ():
                         temperature=0.8, top_p=0.95, eos_ids=[0], batch_size=8)
 
     a, b, c = sample(0), sample(0), sample(1)
-    assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
-    assert not torch.equal(a.completion_ids, c.completion_ids)
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    assert not torch.equal(a.response_ids, c.response_ids)
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 1.0), (1.0, 0.7)])
@@ -187,7 +187,7 @@ def test_first_tokens_follow_the_tempered_nucleus_distribution(temperature, top_
     torch.manual_seed(0)
     comps = generate(model, tokenizer, enc.input_ids, enc.attention_mask, n=n, max_new_tokens=1,
                      temperature=temperature, top_p=top_p, eos_ids=[10**6])
-    counts = torch.bincount(comps.completion_ids[:, 0], minlength=probs.numel()).double()
+    counts = torch.bincount(comps.response_ids[:, 0], minlength=probs.numel()).double()
     assert counts[~nucleus].sum() == 0, "a token outside the nucleus was sampled"
     total_variation = 0.5 * (counts / n - expected).abs().sum()
     # With 4000 draws the expected total variation is ~0.05 for this vocabulary; a wrong temperature gives > 0.2.
@@ -259,4 +259,4 @@ def test_greedy_matches_transformers_generate_on_cuda_with_a_4bit_base():
     reference = _hf_greedy(model, enc.input_ids, enc.attention_mask, 2, 24, eos_ids, tokenizer.pad_token_id).cpu()
     ref_mask, _ = _reference_mask(reference, eos_ids)
     width = int(ref_mask.sum(1).max())
-    assert torch.equal(comps.completion_ids.cpu(), reference[:, :width].masked_fill(ref_mask[:, :width] == 0, 0))
+    assert torch.equal(comps.response_ids.cpu(), reference[:, :width].masked_fill(ref_mask[:, :width] == 0, 0))

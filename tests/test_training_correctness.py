@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,7 +25,19 @@ from reprokit.algorithms import token_logprobs_and_entropy
 from reprokit.algorithms.schedules import LRSchedule
 from reprokit.policy import ModelConfig, load_policy, load_trainable_state_dict
 from reprokit.sampling import MergedCopy, generate
-from reprokit.training.grpo import GRPOConfig, GRPOModule, Rollout
+from reprokit.data import Validation
+from reprokit.training.grpo import (
+    GRPOConfig,
+    GRPOModule,
+    LossConfig,
+    Rollout,
+    RolloutConfig,
+    TrainConfig,
+    accumulate_gradients,
+    logprob_passes,
+    mini_batch_plan,
+    with_focal_mask,
+)
 from reprokit.training.trainer import RunConfig
 
 TESTS = Path(__file__).resolve().parent
@@ -142,9 +155,18 @@ def _hand_rollout(tokenizer, model) -> Rollout:
     mask[torch.tensor(lengths) == T] = 0  # mask_truncated
     advantages = torch.randn(n, generator=g)
     return Rollout(
-        sequences=sequences, attention_mask=attention, prompt_len=width_l, completion_ids=completion, mask=mask,
+        sequences=sequences, attention_mask=attention, prompt_len=width_l, response_ids=completion, loss_mask=mask,
         advantages=advantages,
     )
+
+
+def _flat(cfg: GRPOConfig) -> SimpleNamespace:
+    """Every rollout, loss and train setting by its name (the reference reads them without their sections)."""
+    return SimpleNamespace(**vars(cfg.rollout), **vars(cfg.loss), **vars(cfg.train))
+
+
+def _backward(loss: torch.Tensor) -> None:
+    loss.backward()
 
 
 def _token_loop_gradient(model, ro: Rollout, cfg: GRPOConfig, old_logp: torch.Tensor | None = None, focal_groups=None,
@@ -155,6 +177,7 @@ def _token_loop_gradient(model, ro: Rollout, cfg: GRPOConfig, old_logp: torch.Te
     ``focal_groups``: lists of rows that each choose their own top tokens (the micro-batches of focal_scope
     micro_batch); None = the whole batch chooses together. ``reference``: the KL reference model (None: the
     policy with its adapter off)."""
+    cfg = _flat(cfg)
     model.zero_grad(set_to_none=True)
     position_ids = (ro.attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ro.sequences, attention_mask=ro.attention_mask, position_ids=position_ids).logits
@@ -163,20 +186,20 @@ def _token_loop_gradient(model, ro: Rollout, cfg: GRPOConfig, old_logp: torch.Te
         ref_model = model if reference is None else reference
         ref_logits = ref_model(input_ids=ro.sequences, attention_mask=ro.attention_mask, position_ids=position_ids).logits
         ref_logits = ref_logits[:, ro.prompt_len - 1 : -1].float() / cfg.temperature
-    n, t_len = ro.mask.shape
+    n, t_len = ro.loss_mask.shape
     tok = {}  # (b, t) -> (logp, entropy, ref_logp)
     for b in range(n):
         for t in range(t_len):
-            if ro.mask[b, t]:
+            if ro.loss_mask[b, t]:
                 logprobs = logits[b, t].log_softmax(-1)
                 entropy = -(logprobs.exp() * logprobs).sum()
-                tok[b, t] = (logprobs[ro.completion_ids[b, t]], entropy, ref_logits[b, t].log_softmax(-1)[ro.completion_ids[b, t]])
+                tok[b, t] = (logprobs[ro.response_ids[b, t]], entropy, ref_logits[b, t].log_softmax(-1)[ro.response_ids[b, t]])
     # Forking tokens: the ceil(rho * N) highest entropies of the batch (or of each group of rows), earlier tokens
     # first among ties.
     focal = set()
     for rows in focal_groups or [range(n)]:
         ranked = sorted((bt for bt in tok if bt[0] in rows), key=lambda bt: -float(tok[bt][1].detach()))
-        focal |= set(ranked[: math.ceil(cfg.top_entropy_quantile * len(ranked))])
+        focal |= set(ranked[: math.ceil(cfg.focal_fraction * len(ranked))])
 
     def pg_token(b, t):
         logp = tok[b, t][0]
@@ -216,25 +239,25 @@ def test_gradient_is_the_same_for_every_micro_batch_size_and_equals_a_token_loop
     torch.manual_seed(0)  # peft draws LoRA A from the global generator: fix it so the batch has the rows it needs
     model, tokenizer = load_policy(ModelConfig(name_or_path="tiny", quantization="none", lora_r=4, gradient_checkpointing=False))
     _randomize_lora_b(model)
-    cfg = GRPOConfig(
-        group_size=2, temperature=0.8, max_new_tokens=7, loss_agg=loss_agg, top_entropy_quantile=0.3,
+    cfg = GRPOConfig.of(
+        group_size=2, temperature=0.8, max_new_tokens=7, loss_agg=loss_agg, focal_fraction=0.3,
         mask_truncated=True, kl_coef=0.05, entropy_coef=0.01, epsilon_high=0.28,
     )
     ro = _hand_rollout(tokenizer, model)
     module = GRPOModule(model, tokenizer, cfg, reward_fn=recorders.share_of_a)
     want, focal = _token_loop_gradient(model, ro, cfg)
     focal_rows = {b for b, _ in focal}
-    empty = [b for b in range(ro.num_rows) if ro.mask[b].any() and b not in focal_rows]
+    empty = [b for b in range(ro.num_rows) if ro.loss_mask[b].any() and b not in focal_rows]
     assert empty, "the batch should hold a response with valid tokens but none above the focal threshold"
-    assert (ro.mask.sum(-1) == 0).sum() == 3, "the batch should hold masked (truncated) responses"
+    assert (ro.loss_mask.sum(-1) == 0).sum() == 3, "the batch should hold masked (truncated) responses"
     for micro_batch_size in (1, 3, ro.num_rows):
-        cfg.micro_batch_size = micro_batch_size
-        scored = module.score(copy.copy(ro))
+        cfg.train.micro_batch_size = micro_batch_size
+        scored = logprob_passes(module.policy, ro, behaviour=False)
         model.zero_grad(set_to_none=True)
-        module.accumulate_gradients(scored)
+        accumulate_gradients(module.policy, scored, _backward)
         got = _lora_grads(model)
         assert _relative_error(got, want) < 1e-5, f"micro_batch_size={micro_batch_size}"
-        kept = {(int(b), int(t)) for b, t in module.with_focal_mask(scored).pg_mask.nonzero()}
+        kept = {(int(b), int(t)) for b, t in with_focal_mask(scored, cfg.loss.focal_fraction)[0].pg_mask.nonzero()}
         assert kept == focal
 
 
@@ -247,22 +270,22 @@ def test_focal_scope_micro_batch_keeps_each_micro_batchs_top_tokens_by_its_own_f
     _randomize_lora_b(model)
     ro = _hand_rollout(tokenizer, model)
     for micro_batch_size in (1, 3, ro.num_rows):
-        cfg = GRPOConfig(
-            group_size=2, temperature=0.8, max_new_tokens=7, loss_agg=loss_agg, top_entropy_quantile=0.3,
+        cfg = GRPOConfig.of(
+            group_size=2, temperature=0.8, max_new_tokens=7, loss_agg=loss_agg, focal_fraction=0.3,
             focal_scope="micro_batch", mask_truncated=True, kl_coef=0.05, entropy_coef=0.01, epsilon_high=0.28,
             micro_batch_size=micro_batch_size,
         )
         module = GRPOModule(model, tokenizer, cfg, reward_fn=recorders.share_of_a)
         groups = [range(b, min(b + micro_batch_size, ro.num_rows)) for b in range(0, ro.num_rows, micro_batch_size)]
         want, focal = _token_loop_gradient(model, ro, cfg, focal_groups=groups)
-        scored = module.score(copy.copy(ro))
+        scored = logprob_passes(module.policy, ro, behaviour=False)
         assert scored.entropy is None, "micro_batch scope takes no rollout-time entropy"
         model.zero_grad(set_to_none=True)
-        metrics = module.accumulate_gradients(scored)
+        metrics = accumulate_gradients(module.policy, scored, _backward)
         assert _relative_error(_lora_grads(model), want) < 1e-5, f"micro_batch_size={micro_batch_size}"
-        kept = sum(math.ceil(0.3 * int(ro.mask[list(g)].sum()) - 1e-9) for g in groups)
-        assert len(focal) == kept and metrics["focal/kept_frac"] == pytest.approx(kept / int(ro.mask.sum()))
-    whole_batch = _token_loop_gradient(model, ro, dataclasses.replace(cfg, focal_scope="batch"))[1]
+        kept = sum(math.ceil(0.3 * int(ro.loss_mask[list(g)].sum()) - 1e-9) for g in groups)
+        assert len(focal) == kept and metrics["focal/kept_frac"] == pytest.approx(kept / int(ro.loss_mask.sum()))
+    whole_batch = _token_loop_gradient(model, ro, dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, focal_scope="batch")))[1]
     per_row = _token_loop_gradient(model, ro, cfg, focal_groups=[[b] for b in range(ro.num_rows)])[1]
     assert whole_batch != per_row, "the rollout should tell the scopes apart"
 
@@ -271,8 +294,8 @@ def _updates_of(model, tokenizer, cfg: GRPOConfig, ro: Rollout, start: dict, mod
     """Every optimizer update of one rollout step from adapter ``start``: the weights it began from and its gradient."""
     load_trainable_state_dict(model, start)
     module = module or GRPOModule(model, tokenizer, cfg, reward_fn=recorders.share_of_a)
-    plan = module.mini_batch_plan(ro)
-    scored = module.score(copy.copy(ro), behaviour=True)
+    plan = mini_batch_plan(ro, cfg)
+    scored = logprob_passes(module.policy, ro, behaviour=True)
     seen = []
 
     def before_step(optimizer, args, kwargs):
@@ -284,7 +307,7 @@ def _updates_of(model, tokenizer, cfg: GRPOConfig, ro: Rollout, start: dict, mod
         metrics = module.update(scored, plan)
     finally:
         handle.remove()
-    assert metrics["update/optimizer_steps"] == len(seen) == cfg.num_iterations * len(plan)
+    assert metrics["update/optimizer_steps"] == len(seen) == cfg.train.num_iterations * len(plan)
     return scored, seen, module
 
 
@@ -298,14 +321,14 @@ def test_every_mini_batch_update_has_the_token_loop_gradient_of_its_mini_batch(l
     _randomize_lora_b(model)
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     ro = _hand_rollout(tokenizer, model)
-    cfg = GRPOConfig(
+    cfg = GRPOConfig.of(
         group_size=2, temperature=0.8, max_new_tokens=7, loss_agg=loss_agg, mask_truncated=True, kl_coef=0.05,
         entropy_coef=0.01, epsilon_high=0.28, mini_batch_size=2, num_iterations=2, lr=0.05, weight_decay=0.0,
         max_grad_norm=None,
     )
     rows = [torch.arange(0, 4), torch.arange(4, 8)]  # two groups of two responses per update
     for micro_batch_size in (1, 3, ro.num_rows):
-        cfg.micro_batch_size = micro_batch_size
+        cfg.train.micro_batch_size = micro_batch_size
         scored, seen, module = _updates_of(model, tokenizer, cfg, ro, start)
         assert len(seen) == 4
         for index, (weights, got) in enumerate(seen):
@@ -328,10 +351,10 @@ def test_clip_higher_changes_the_off_policy_updates_and_not_the_first():
     _randomize_lora_b(model)
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     ro = _hand_rollout(tokenizer, model)
-    ro.advantages = ro.advantages.abs()  # positive advantages: the upper clip is the one that acts
+    ro = dataclasses.replace(ro, advantages=ro.advantages.abs())  # positive advantages: the upper clip is the one that acts
     grads = {}
     for eps in (0.2, 0.28, 5.0):
-        cfg = GRPOConfig(
+        cfg = GRPOConfig.of(
             group_size=2, temperature=0.8, max_new_tokens=7, mask_truncated=True, kl_coef=0.0, entropy_coef=0.0,
             epsilon_high=eps, mini_batch_size=2, num_iterations=2, lr=0.05, weight_decay=0.0, max_grad_norm=None,
         )
@@ -354,7 +377,7 @@ def test_full_fine_tuning_takes_the_kl_against_a_frozen_copy_of_the_base():
     base = copy.deepcopy(model)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     ro = _hand_rollout(tokenizer, model)
-    cfg = GRPOConfig(
+    cfg = GRPOConfig.of(
         group_size=2, temperature=0.8, max_new_tokens=7, mask_truncated=True, kl_coef=0.5, entropy_coef=0.01,
         mini_batch_size=2, lr=1e-2, weight_decay=0.0, max_grad_norm=None, finetune="full",
     )
@@ -369,7 +392,8 @@ def test_full_fine_tuning_takes_the_kl_against_a_frozen_copy_of_the_base():
     part = scored.select(torch.arange(4, 8))
     want, _ = _token_loop_gradient(model, part, cfg, old_logp=part.old_logp, reference=base)
     assert _relative_error(got, want) < 1e-5
-    without_kl, _ = _token_loop_gradient(model, part, dataclasses.replace(cfg, kl_coef=0.0), old_logp=part.old_logp, reference=base)
+    no_kl = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kl_coef=0.0))
+    without_kl, _ = _token_loop_gradient(model, part, no_kl, old_logp=part.old_logp, reference=base)
     assert _relative_error(got, without_kl) > 1e-3, "the KL term should matter once the policy has left the base"
 
 
@@ -385,11 +409,11 @@ def _run(module: str, args: list[str], timeout: float = 240) -> subprocess.Compl
 
 
 TINY_ONE_SHOT = [
-    "--preset", "cpu", "--model.name_or_path", "tiny", "--data.examples", "pi1", "--data.template", "none",
-    "--data.cot_suffix", "false", "--data.max_prompt_length", "1024", "--eval.benchmarks", "[]",
-    "--grpo.max_new_tokens", "16", "--data.prompts_per_step", "4", "--grpo.group_size", "4",
-    "--grpo.micro_batch_size", "3", "--run.val_every", "0", "--run.progress_bar", "false",
-    "--run.callbacks", "[recorders:StepRecorder]", "--grpo.max_grad_norm", "null",
+    "--preset", "cpu", "--model.name_or_path", "tiny", "--data.examples", "pi1", "--prompt.template", "none",
+    "--prompt.cot_suffix", "false", "--prompt.max_prompt_length", "1024", "--eval.benchmarks", "[]",
+    "--rollout.max_new_tokens", "16", "--data.prompts_per_step", "4", "--rollout.group_size", "4",
+    "--train.micro_batch_size", "3", "--run.val_every", "0", "--run.progress_bar", "false",
+    "--run.callbacks", "[recorders:StepRecorder]", "--train.max_grad_norm", "null",
 ]
 
 
@@ -405,8 +429,9 @@ def _single_process_gradient(run_dir: Path, records: list[dict], reward, update:
     ``rows`` of it: its share of a mini-batch) concatenated; updates after the first take the rollout's old
     log-probs."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    model, tokenizer = load_policy(ModelConfig(**cfg["model"]), finetune=cfg["grpo"]["finetune"])
-    module = GRPOModule(model, tokenizer, GRPOConfig(**cfg["grpo"]), reward_fn=reward)  # full: the base is the reference
+    model, tokenizer = load_policy(ModelConfig(**cfg["model"]), finetune=cfg["train"]["finetune"])
+    sections = GRPOConfig(RolloutConfig(**cfg["rollout"]), LossConfig(**cfg["loss"]), TrainConfig(**cfg["train"]), Validation(**cfg["eval"]))
+    module = GRPOModule(model, tokenizer, sections, reward_fn=reward)  # full fine-tuning: the base is the reference
     load_trainable_state_dict(model, records[0]["updates"][update]["adapter"])
     parts = []
     for record in records:
@@ -415,18 +440,18 @@ def _single_process_gradient(run_dir: Path, records: list[dict], reward, update:
         if ro.num_real_rows:  # a placeholder row (a process with nothing kept) is no response
             parts.append(ro.select(torch.arange(ro.num_real_rows) if rows is None else rows))
     joined = Rollout.concat(parts, pad_id=tokenizer.pad_token_id)
-    ro = module.score(joined, behaviour=False)
+    ro = logprob_passes(module.policy, joined, behaviour=False)
     if update > 0:
         ro = dataclasses.replace(ro, old_logp=joined.old_logp)
     model.zero_grad(set_to_none=True)
-    module.accumulate_gradients(ro)
+    accumulate_gradients(module.policy, ro, _backward)
     return _lora_grads(model)
 
 
 def test_two_process_one_shot_ranks_sample_differently_and_match_one_process(tmp_path):
     run_dir = tmp_path / "ddp"
     _run("one_shot", TINY_ONE_SHOT + [
-        "--grpo.reward", "recorders:share_of_a", "--run.strategy", "ddp", "--run.devices", "2", "--max_steps", "2",
+        "--rollout.reward", "recorders:share_of_a", "--run.strategy", "ddp", "--run.devices", "2", "--max_steps", "2",
         "--run_dir", str(run_dir),
     ])
     ranks = [_records(run_dir, 0), _records(run_dir, 1)]
@@ -434,7 +459,7 @@ def test_two_process_one_shot_ranks_sample_differently_and_match_one_process(tmp
     for batch in (0, 1):
         r0, r1 = ranks[0][batch], ranks[1][batch]
         assert r0["example_ids"] == r1["example_ids"] == ["pi1", "pi1"], "each process takes 2 of the 4 copies of pi1"
-        a, b = r0["rollout"]["completion_ids"], r1["rollout"]["completion_ids"]
+        a, b = r0["rollout"]["response_ids"], r1["rollout"]["response_ids"]
         assert a.shape != b.shape or not torch.equal(a, b), "both processes sampled the same responses"
         for name in r0["grads"]:
             assert torch.equal(r0["grads"][name], r1["grads"][name]), "processes disagree on the averaged gradient"
@@ -448,10 +473,10 @@ def test_two_process_mini_batch_updates_each_match_one_process_on_both_ranks_min
     both processes' share of its mini-batch, the later ones against the rollout's old log-probs. Full fine-tuning
     takes its KL against a frozen copy of the base on each process."""
     run_dir = tmp_path / "ddp-mini"
-    extra = ["--grpo.finetune", "full", "--model.quantization", "none", "--grpo.kl_coef", "0.5", "--grpo.lr", "0.002"]
+    extra = ["--train.finetune", "full", "--model.quantization", "none", "--loss.kl_coef", "0.5", "--train.lr", "0.002"]
     _run("one_shot", TINY_ONE_SHOT + [
-        "--grpo.reward", "recorders:share_of_a", "--run.strategy", "ddp", "--run.devices", "2", "--max_steps", "1",
-        "--grpo.mini_batch_size", "2", "--grpo.num_iterations", "2", "--grpo.lr", "0.02", "--run_dir", str(run_dir),
+        "--rollout.reward", "recorders:share_of_a", "--run.strategy", "ddp", "--run.devices", "2", "--max_steps", "1",
+        "--train.mini_batch_size", "2", "--train.num_iterations", "2", "--train.lr", "0.02", "--run_dir", str(run_dir),
         *(extra if finetune == "full" else []),
     ])
     r0, r1 = _records(run_dir, 0)[0], _records(run_dir, 1)[0]
@@ -471,10 +496,10 @@ def test_two_process_mini_batch_updates_each_match_one_process_on_both_ranks_min
 def test_two_process_focal_run_with_an_uninformative_rank_finishes_and_matches_one_process(tmp_path, data_dir):
     run_dir = tmp_path / "focal"
     _run("focal_tokens", [
-        "--preset", "cpu", "--data.data_dir", str(data_dir), "--grpo.reward", "recorders:share_of_a_except_on_rank_one",
-        "--grpo.dynamic_sampling", "true", "--grpo.micro_batch_size", "3", "--run.strategy", "ddp",
+        "--preset", "cpu", "--data.data_dir", str(data_dir), "--rollout.reward", "recorders:share_of_a_except_on_rank_one",
+        "--rollout.dynamic_sampling", "true", "--train.micro_batch_size", "3", "--run.strategy", "ddp",
         "--run.devices", "2", "--max_steps", "2", "--run.callbacks", "[recorders:StepRecorder]",
-        "--grpo.max_grad_norm", "null", "--run_dir", str(run_dir), "--run.progress_bar", "false",
+        "--train.max_grad_norm", "null", "--run_dir", str(run_dir), "--run.progress_bar", "false",
     ], timeout=180)
     ranks = [_records(run_dir, 0), _records(run_dir, 1)]
     trained = [b for b, r in ranks[0].items() if r["grads"] is not None]
@@ -499,7 +524,7 @@ def test_a_stuck_two_process_run_stops_when_told_and_leaves_no_process(tmp_path,
     env = dict(os.environ, PYTHONPATH=str(TESTS))
     args = [
         sys.executable, "-m", "reprokit.recipes.focal_tokens", "--preset", "cpu", "--data.data_dir", str(data_dir),
-        "--grpo.reward", "recorders:share_of_a_then_hang_on_rank_one", "--run.strategy", "ddp", "--run.devices", "2",
+        "--rollout.reward", "recorders:share_of_a_then_hang_on_rank_one", "--run.strategy", "ddp", "--run.devices", "2",
         "--max_steps", "100", "--run.callbacks", "[recorders:StepRecorder]", "--run_dir", str(run_dir),
         "--run.progress_bar", "false", "--run.stop_timeout_s", "5",
     ]
@@ -547,16 +572,16 @@ def _resume_from(run_dir: Path, step: int, into: Path, module: str, extra: list[
 def test_a_run_resumed_at_any_checkpoint_trains_on_what_an_uninterrupted_run_does(tmp_path, data_dir, recipe):
     steps = 4
     if recipe.startswith("one_shot"):
-        args = TINY_ONE_SHOT + ["--grpo.reward", "recorders:share_of_a"]
+        args = TINY_ONE_SHOT + ["--rollout.reward", "recorders:share_of_a"]
         if "mini" in recipe:  # 2 updates per pass, 2 passes: the step count stays the rollout steps'
-            args += ["--grpo.mini_batch_size", "2", "--grpo.num_iterations", "2", "--grpo.lr_schedule", "linear"]
+            args += ["--train.mini_batch_size", "2", "--train.num_iterations", "2", "--train.lr_schedule", "linear"]
         recipe = "one_shot"
     else:  # a full training set: the prompts of every step come from the shuffled epoch order
         args = [
-            "--preset", "cpu", "--data.data_dir", str(data_dir), "--grpo.reward", "recorders:share_of_a",
+            "--preset", "cpu", "--data.data_dir", str(data_dir), "--rollout.reward", "recorders:share_of_a",
             "--run.callbacks", "[recorders:StepRecorder]", "--run.progress_bar", "false",
             "--data.path", str(TESTS / "fixtures" / "resume_train.jsonl"), "--data.question_field", "question",
-            "--data.answer_field", "answer", "--data.drop_long_prompts", "false",
+            "--data.answer_field", "answer", "--prompt.drop_long_prompts", "false",
         ]
     whole = tmp_path / "whole"
     _run(recipe, args + ["--max_steps", str(steps), "--run.checkpoint_every", "1", "--run_dir", str(whole)])
@@ -570,7 +595,7 @@ def test_a_run_resumed_at_any_checkpoint_trains_on_what_an_uninterrupted_run_doe
         assert sorted(got) == list(range(k, steps)), f"resumed at {k}: trained batches {sorted(got)}"
         for batch, record in got.items():
             assert record["example_ids"] == want[batch]["example_ids"], f"resumed at {k}: other prompts at batch {batch}"
-            assert torch.equal(record["rollout"]["completion_ids"], want[batch]["rollout"]["completion_ids"]), (
+            assert torch.equal(record["rollout"]["response_ids"], want[batch]["rollout"]["response_ids"]), (
                 f"resumed at {k}: other responses at batch {batch}"
             )
         end = torch.load(resumed / "checkpoints" / f"step-{steps}.ckpt", weights_only=False)["state_dict"]
@@ -581,7 +606,7 @@ def test_a_run_resumed_at_any_checkpoint_trains_on_what_an_uninterrupted_run_doe
 def test_lr_schedule_extended_on_resume_continues_without_a_jump(tmp_path):
     run_dir = tmp_path / "lr"
     lr = 1e-3
-    args = TINY_ONE_SHOT + ["--grpo.reward", "recorders:share_of_a", "--grpo.lr", str(lr), "--grpo.lr_schedule", "linear"]
+    args = TINY_ONE_SHOT + ["--rollout.reward", "recorders:share_of_a", "--train.lr", str(lr), "--train.lr_schedule", "linear"]
     _run("one_shot", args + ["--max_steps", "3", "--run_dir", str(run_dir)])
     _run("one_shot", ["--run_dir", str(run_dir), "--resume", "--max_steps", "6"])
     used = [r["metrics"]["lr"] for r in _records(run_dir, 0).values()]
@@ -608,12 +633,12 @@ def test_lr_schedule_extension_is_continuous_and_ends_at_the_new_length(schedule
 # ---------------------------------------------------------------------------------------------- 5. dynamic sampling
 def test_dynamic_sampling_refills_to_prompts_per_step_and_logs_rounds(tmp_path, data_dir):
     common = [
-        "--preset", "cpu", "--data.data_dir", str(data_dir), "--grpo.reward", "recorders:share_of_a",
-        "--grpo.dynamic_sampling", "true", "--data.prompts_per_step", "4", "--grpo.max_new_tokens", "12",
+        "--preset", "cpu", "--data.data_dir", str(data_dir), "--rollout.reward", "recorders:share_of_a",
+        "--rollout.dynamic_sampling", "true", "--data.prompts_per_step", "4", "--rollout.max_new_tokens", "12",
         "--max_steps", "3", "--run.callbacks", "[recorders:StepRecorder]", "--run.progress_bar", "false",
     ]
-    _run("focal_tokens", common + ["--grpo.max_refill_rounds", "6", "--run_dir", str(tmp_path / "refill")])
-    _run("focal_tokens", common + ["--grpo.max_refill_rounds", "0", "--run_dir", str(tmp_path / "drop")])
+    _run("focal_tokens", common + ["--rollout.max_refill_rounds", "6", "--run_dir", str(tmp_path / "refill")])
+    _run("focal_tokens", common + ["--rollout.max_refill_rounds", "0", "--run_dir", str(tmp_path / "drop")])
     refill = [r for r in _records(tmp_path / "refill", 0).values() if r["rollout"] is not None]
     drop = [r for r in _records(tmp_path / "drop", 0).values() if r["rollout"] is not None]
     group = 4

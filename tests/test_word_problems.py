@@ -41,8 +41,8 @@ def test_the_reward_reads_the_first_box_and_the_names_resolve():
 
 
 def test_the_gemma_preset_prompts_with_the_domains_template():
-    preset = yaml.safe_load((REPO / "recipes" / "one_shot" / "gemma-270m-cpu.yaml").read_text())
-    assert preset["data"]["template"] == wp.TEMPLATE and preset["grpo"]["reward"] == "word_problems"
+    preset = yaml.safe_load((REPO / "presets" / "one_shot" / "gemma-270m-cpu.yaml").read_text())
+    assert preset["prompt"]["template"] == wp.TEMPLATE and preset["rollout"]["reward"] == "word_problems"
 
 
 @pytest.mark.slow

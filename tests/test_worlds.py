@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from reprokit.data import Prompt
 from reprokit.metrics.functional import pass_at_k
 from reprokit.worlds import (
     EOS_TOKEN,
@@ -30,10 +31,22 @@ from reprokit.worlds import (
     pretrain_base,
     render_prompt,
     reward,
-    solution_pairs,
-    teacher_error_rates,
     write_solution,
 )
+
+def teacher_error_rates(cfg: WorldConfig) -> dict:
+    """The sloppy teacher's error rate for every fact (a, op, b) of the world."""
+    from reprokit.worlds.teacher import _misconceptions
+
+    table = _misconceptions(cfg.seed, cfg.modulus, cfg.operations, cfg.sloppy_error_rate, cfg.sloppy_error_spread)
+    return {f: r for f, (r, _) in table.items()}
+
+
+def solution_pairs(problems, style: str, cfg: WorldConfig, seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, solution) pairs of ``problems`` written by ``style``."""
+    rng = random.Random(f"pairs-{seed}")
+    return [(render_prompt(p.question), write_solution(p, style, cfg, rng)) for p in problems]
+
 
 SMALL = WorldConfig(num_train=50, num_test=30, num_hard=20, corpus_size=2000)
 
@@ -268,7 +281,7 @@ def test_world_splits_are_kit_benchmarks_and_one_shot_examples():
     chosen = world_examples("world:train-00007,train-00003")
     assert [(e.id, e.answer) for e in chosen] == [(p.id, p.answer) for p in (splits.train[7], splits.train[3])]
     tokenizer = build_tokenizer(WorldConfig())
-    data = OneShotDataModule(tokenizer, examples="world:train-00007", batch_size=4, template=PROMPT_FORMAT, cot_suffix=False)
+    data = OneShotDataModule(tokenizer, examples="world:train-00007", batch_size=4, prompt=Prompt(template=PROMPT_FORMAT, cot_suffix=False))
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch.answers == [splits.train[7].answer] * 4

@@ -173,9 +173,9 @@ def trace_step() -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         argv = [
-            "--preset", "cpu", "--model.name_or_path", "tiny:llama", "--data.examples", "pi1", "--data.template", "none",
-            "--data.cot_suffix", "false", "--data.max_prompt_length", "1024", "--eval.benchmarks", "[]",
-            "--grpo.reward", "math", "--grpo.max_new_tokens", "8", "--data.prompts_per_step", "2",
+            "--preset", "cpu", "--model.name_or_path", "tiny:llama", "--data.examples", "pi1", "--prompt.template", "none",
+            "--prompt.cot_suffix", "false", "--prompt.max_prompt_length", "1024", "--eval.benchmarks", "[]",
+            "--rollout.reward", "math", "--rollout.max_new_tokens", "8", "--data.prompts_per_step", "2",
             "--max_steps", "1", "--run.val_every", "0", "--run.progress_bar", "false", "--run_dir", tmp,
         ]
         torch.set_num_threads(2)

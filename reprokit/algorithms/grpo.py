@@ -4,7 +4,8 @@ forking-token (high-entropy) mask.
 Everything here is a pure tensor function: no model, no optimizer, no process group. Shapes use
 B = sequences in the (micro-)batch, T = response positions, N = B = num_groups * group_size.
 
-Conventions shared with verl / TRL (see docs/PAPERS.md §2-§4):
+Conventions shared with verl and TRL (GRPO: Shao et al. 2024; DAPO: Yu et al. 2025, arXiv 2503.14476; Dr. GRPO:
+Liu et al. 2025, arXiv 2503.20783; the focal tokens: Wang et al. 2025, arXiv 2506.01939):
 
 * Advantages are one scalar per response, broadcast over its tokens.
 * The policy loss is the PPO clipped surrogate with separate lower / upper clip ranges
@@ -27,17 +28,14 @@ __all__ = [
     "group_advantages",
     "LossDenominators",
     "PolicyLossTokens",
-    "aggregate",
     "aggregate_denominator",
     "aggregate_numerator",
     "focal_mask",
     "focal_count",
-    "focal_threshold",
     "focal_topk",
     "grpo_objective",
     "kl_k3",
     "overlong_penalty",
-    "policy_loss",
     "policy_loss_tokens",
 ]
 
@@ -49,8 +47,6 @@ ADVANTAGE_SCALES = ("group", "batch", "none")
 _LOG_RATIO_BOUND = 20.0
 # verl's low_var_kl clamps the per-token k3 value to this range.
 _KL_BOUND = 10.0
-# torch.quantile refuses inputs with more than 2**24 elements.
-_TORCH_QUANTILE_MAX = 2**24
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,35 +130,10 @@ def _unbiased_std(x: Tensor, dim: int) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def aggregate(loss_tokens: Tensor, mask: Tensor, agg: str = "token-mean", max_len: int | None = None) -> Tensor:
-    """Reduce a per-token quantity ``[B, T]`` to a scalar over the valid tokens of ``mask``.
-
-    Args:
-        loss_tokens: ``[B, T]`` per-token values (policy loss, k3 KL, entropy, ...).
-        mask: ``[B, T]`` 1 / True at valid response tokens, 0 / False at prompt and padding.
-        agg: ``"token-mean"``: sum over all valid tokens / number of valid tokens in the batch, so
-            every token weighs the same and long responses weigh more.
-            ``"seq-mean-token-mean"``: mean over sequences of each sequence's token mean, so every
-            response weighs the same (sequences without valid tokens are left out, as verl does).
-            ``"seq-mean-token-sum-norm"`` (Dr. GRPO): each sequence's token sum / ``max_len``, then
-            the mean over all B sequences; the constant divisor removes GRPO's length bias.
-        max_len: the constant divisor for ``seq-mean-token-sum-norm`` (the maximum response length
-            of the run, not of this batch, so the scale does not change between steps).
-
-    Returns:
-        Scalar. A mask without any valid token gives 0 (never NaN), still attached to the graph.
-
-    ``aggregate(x, m) == aggregate_numerator(x, m) / aggregate_denominator(m)``. The numerator is a sum
-    over rows, so a batch split into micro-batches (or processes) gives the whole batch's value when
-    every part divides its numerator by the *whole* batch's denominator; dividing each part by its own
-    denominator does not (the mean of means is not the mean).
-    """
-    numerator = aggregate_numerator(loss_tokens, mask, agg, max_len)  # []
-    return numerator / aggregate_denominator(mask, agg).to(numerator.dtype).clamp(min=1.0)  # []
-
-
 def aggregate_numerator(loss_tokens: Tensor, mask: Tensor, agg: str = "token-mean", max_len: int | None = None) -> Tensor:
-    """The sum part of :func:`aggregate`: a sum over rows, so the parts of a split batch add up.
+    """A masked reduction's sum part: a sum over rows, so the parts of a split batch add up; divided by
+    :func:`aggregate_denominator` of the whole batch it is the batch's token-mean, seq-mean-token-mean or
+    seq-mean-token-sum-norm (verl's names; TRL's dapo, grpo and dr_grpo), however the batch is split.
 
     token-mean: the sum of valid values; seq-mean-token-mean: the sum of each sequence's token mean
     (sequences with valid tokens); seq-mean-token-sum-norm: the sum of each sequence's token sum / max_len.
@@ -187,7 +158,7 @@ def aggregate_numerator(loss_tokens: Tensor, mask: Tensor, agg: str = "token-mea
 
 
 def aggregate_denominator(mask: Tensor, agg: str = "token-mean", rows: int | None = None) -> Tensor:
-    """The count part of :func:`aggregate` (float32 scalar): valid tokens (token-mean), sequences with at
+    """The count part of a masked reduction (float32 scalar): valid tokens (token-mean), sequences with at
     least one valid token (seq-mean-token-mean), or all sequences (seq-mean-token-sum-norm: ``rows`` of them
     when given, for a batch that carries placeholder rows that are not responses)."""
     if agg not in AGG_MODES:
@@ -212,57 +183,6 @@ def _check_agg(loss_tokens: Tensor, mask: Tensor, agg: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Policy loss
 # --------------------------------------------------------------------------------------------
-
-
-def policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    epsilon_low: float = 0.2,
-    epsilon_high: float = 0.2,
-    agg: str = "token-mean",
-    max_len: int | None = None,
-    dual_clip: float | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO / GRPO clipped surrogate loss with clip-higher and optional dual clip.
-
-    Per token, with ratio = exp(logp - old_logp) and A the response's advantage::
-
-        loss = -min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)
-        if dual_clip is c and A < 0:  loss = min(loss, -c * A)
-
-    then reduced with :func:`aggregate`.
-
-    Args:
-        logp: ``[B, T]`` log-probs of the sampled tokens under the policy being trained (with grad).
-        old_logp: ``[B, T]`` log-probs under the policy that sampled them (no grad).
-        advantages: ``[B]`` one advantage per response (``[B, T]`` per-token advantages also work).
-        mask: ``[B, T]`` valid response tokens. Multiply a token-selection mask (e.g. :func:`focal_mask`)
-            into it to drop tokens from the loss.
-        epsilon_low, epsilon_high: clip range ``[1 - epsilon_low, 1 + epsilon_high]``; a larger
-            ``epsilon_high`` is DAPO's clip-higher (e.g. 0.2 / 0.28).
-        agg, max_len: see :func:`aggregate`.
-        dual_clip: constant c > 1 bounding the loss of negative-advantage tokens whose ratio has
-            grown large (verl's ``clip_ratio_c``, typically 3.0); ``None`` disables it.
-
-    Returns:
-        ``(loss, metrics)``. ``loss`` is a scalar; ``metrics`` holds detached float scalars:
-        ``loss/pg``; ``clip/low_frac`` (fraction of valid tokens with A < 0 and ratio below
-        1 - epsilon_low), ``clip/high_frac`` (A > 0 and ratio above 1 + epsilon_high), ``clip/frac``
-        (either); ``clip/dual_frac`` (A < 0 and the dual bound is active, only with ``dual_clip``);
-        ``ratio/mean`` over valid tokens.
-
-    With one optimizer step per rollout (on-policy) old_logp == logp.detach(), so ratio is 1 and
-    the clip never acts; pass old_logp anyway so the same code covers several epochs per rollout.
-    """
-    tokens = policy_loss_tokens(logp, old_logp, advantages, mask, epsilon_low, epsilon_high, dual_clip)
-    loss = aggregate(tokens.loss, mask, agg=agg, max_len=max_len)  # []
-    with torch.no_grad():
-        n_valid = mask.bool().sum().clamp(min=1).float()  # []
-        metrics = {"loss/pg": loss.detach().float()}
-        metrics.update({key: count / n_valid for key, count in tokens.counts(mask).items()})
-    return loss, metrics
 
 
 @dataclass
@@ -304,7 +224,11 @@ def policy_loss_tokens(
     epsilon_high: float = 0.2,
     dual_clip: float | None = None,
 ) -> PolicyLossTokens:
-    """The per-token part of :func:`policy_loss` (same arguments, no aggregation)."""
+    """The PPO / GRPO clipped surrogate per token, with clip-higher and an optional dual clip: with
+    ratio = exp(logp - old_logp) and A the response's advantage,
+    ``loss = -min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)``, and for A < 0 with
+    ``dual_clip`` c: ``min(loss, -c * A)``. With one on-policy update ``old_logp`` is ``logp.detach()``: the ratio
+    is 1 and the clip never acts."""
     if logp.shape != old_logp.shape or logp.shape != mask.shape or logp.dim() != 2:
         raise ValueError(
             f"logp, old_logp and mask must all be [B, T], got {tuple(logp.shape)}, "
@@ -367,7 +291,7 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
         ref_logp: ``[B, T]`` reference-model log-probs of the same tokens.
 
     Returns:
-        ``[B, T]`` per-token KL; reduce it with :func:`aggregate`.
+        ``[B, T]`` per-token KL; reduce it with :func:`aggregate_numerator` / :func:`aggregate_denominator`.
     """
     if logp.shape != ref_logp.shape:
         raise ValueError(
@@ -378,72 +302,29 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Forking tokens: keep only the top-rho entropy tokens
+# Forking tokens: keep only the top-fraction entropy tokens
 # --------------------------------------------------------------------------------------------
 
 
-def _check_rho(rho: float) -> None:
-    if not (0.0 < rho <= 1.0):
-        raise ValueError(f"rho (fraction of highest-entropy tokens kept) must be in (0, 1], got {rho}")
-
-
-def focal_threshold(valid_entropies: Tensor, rho: float) -> Tensor:
-    """Entropy threshold keeping the top ``rho`` fraction: the (1 - rho) quantile of the values.
-
-    Args:
-        valid_entropies: ``[M]`` entropies of valid response tokens only (padding already removed),
-            pooled over every micro-batch and process that shares the threshold.
-        rho: fraction kept, in (0, 1]; the paper uses 0.2.
-
-    Returns:
-        Scalar (float32, or float64 for float64 input) with ``torch.quantile``'s linear interpolation
-        semantics, also above torch.quantile's 2**24-element limit. ``+inf`` when there are no values
-        (nothing is kept).
-    """
-    _check_rho(rho)
-    values = valid_entropies.detach().reshape(-1)  # [M]
-    if values.dtype != torch.float64:
-        values = values.float()  # [M]
-    m = values.numel()
-    if m == 0:
-        return torch.tensor(math.inf, dtype=values.dtype, device=values.device)
-    q = 1.0 - rho
-    if m <= _TORCH_QUANTILE_MAX:
-        return torch.quantile(values, q)  # []
-    return _linear_quantile_kthvalue(values, q)  # []
-
-
-def _linear_quantile_kthvalue(values: Tensor, q: float) -> Tensor:
-    """torch.quantile(values, q) (linear interpolation) via kthvalue, for inputs of any size."""
-    m = values.numel()
-    position = q * (m - 1)
-    lower = math.floor(position)
-    upper = min(lower + 1, m - 1)
-    # kthvalue is 1-based and O(M): cheaper than a full sort, and it has no size limit.
-    lower_value = torch.kthvalue(values, lower + 1).values  # []
-    if upper == lower or position == lower:
-        return lower_value
-    upper_value = torch.kthvalue(values, upper + 1).values  # []
-    weight = torch.tensor(position - lower, dtype=values.dtype, device=values.device)  # []
-    return torch.lerp(lower_value, upper_value, weight)  # []
+def _check_fraction(fraction: float) -> None:
+    if not (0.0 < fraction <= 1.0):
+        raise ValueError(f"focal fraction (the share of highest-entropy tokens kept) must be in (0, 1], got {fraction}")
 
 
 def focal_mask(
     entropy: Tensor,
     mask: Tensor,
-    rho: float,
-    threshold: Tensor | float | None = None,
+    fraction: float,
     *,
     pooled: Tensor | None = None,
     offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """Keep only the high-entropy ("forking") tokens: exactly ``ceil(rho * N)`` of the N valid tokens.
+    """Keep only the high-entropy ("forking") tokens: exactly ``ceil(fraction * N)`` of the N valid tokens.
 
     Args:
         entropy: ``[B, T]`` per-token entropy at the rollout temperature (no grad needed).
         mask: ``[B, T]`` valid response tokens; padding never counts towards the selection.
-        rho: fraction of valid tokens kept, in (0, 1]; 1 keeps all valid tokens.
-        threshold: a fixed threshold instead: keep the valid tokens with entropy >= it (no count is enforced).
+        fraction: fraction of valid tokens kept, in (0, 1]; 1 keeps all valid tokens.
         pooled: ``[M]`` the valid entropies of the whole rollout batch in a fixed global order (every
             micro-batch and process, as the paper pools them), of which this batch's valid tokens, in
             row-major order, are ``pooled[offset : offset + N]``. None = this batch alone.
@@ -453,48 +334,45 @@ def focal_mask(
         ``(keep [B, T] bool, threshold scalar)``: the threshold is the smallest kept entropy (``+inf`` when
         nothing is kept). Multiply ``keep`` into the policy-loss mask.
 
-    The paper's code keeps every token at or above the (1 - rho) quantile, so tied entropies (a model that is
-    certain writes many tokens at entropy ~0) can keep more than rho of the tokens. Here the ``ceil(rho * M)``
+    The paper's code keeps every token at or above the (1 - fraction) quantile, so tied entropies (a model that is
+    certain writes many tokens at entropy ~0) can keep more than fraction of the tokens. Here the ``ceil(fraction * M)``
     highest are kept and ties at the threshold go to the tokens that come first in the pooled order, so the
-    kept fraction is rho up to rounding, whatever the ties.
+    kept fraction is fraction up to rounding, whatever the ties.
     """
-    _check_rho(rho)
+    _check_fraction(fraction)
     if entropy.shape != mask.shape:
         raise ValueError(
             f"entropy and mask must have the same shape, got {tuple(entropy.shape)} and {tuple(mask.shape)}"
         )
     valid = mask.bool()  # [B, T]
     entropy = entropy.detach()  # [B, T]
-    if threshold is not None:
-        threshold = torch.as_tensor(threshold, device=entropy.device)  # []
-        return valid & (entropy.to(threshold.dtype) >= threshold), threshold
     local = entropy[valid]  # [N] row-major
     if pooled is None:
         pooled, offset = local, 0
     if offset < 0 or offset + local.numel() > pooled.numel():
         raise ValueError(f"this batch's {local.numel()} valid tokens at offset {offset} do not fit in pooled [{pooled.numel()}]")
-    kept_pooled, threshold = focal_topk(pooled, rho)  # [M], []
+    kept_pooled, threshold = focal_topk(pooled, fraction)  # [M], []
     keep = torch.zeros_like(valid)  # [B, T]
     keep[valid] = kept_pooled[offset : offset + local.numel()]
     return keep, threshold
 
 
-def focal_count(n: int, rho: float) -> int:
-    """How many of ``n`` valid tokens the focal mask keeps: ``ceil(rho * n)`` (at most n)."""
-    _check_rho(rho)
-    return min(n, math.ceil(rho * n - 1e-9))  # the epsilon keeps 0.2 * 10 from rounding up to 3
+def focal_count(n: int, fraction: float) -> int:
+    """How many of ``n`` valid tokens the focal mask keeps: ``ceil(fraction * n)`` (at most n)."""
+    _check_fraction(fraction)
+    return min(n, math.ceil(fraction * n - 1e-9))  # the epsilon keeps 0.2 * 10 from rounding up to 3
 
 
-def focal_topk(values: Tensor, rho: float) -> tuple[Tensor, Tensor]:
-    """Which of ``values`` ``[M]`` are the ``ceil(rho * M)`` highest (ties: lower index first), and the smallest
+def focal_topk(values: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
+    """Which of ``values`` ``[M]`` are the ``ceil(fraction * M)`` highest (ties: lower index first), and the smallest
     kept value (``+inf`` for an empty input)."""
-    _check_rho(rho)
+    _check_fraction(fraction)
     values = values.detach().reshape(-1).float()  # [M]
     m = values.numel()
     keep = torch.zeros(m, dtype=torch.bool, device=values.device)  # [M]
     if m == 0:
         return keep, torch.tensor(math.inf, device=values.device)
-    k = focal_count(m, rho)
+    k = focal_count(m, fraction)
     order = torch.argsort(values, descending=True, stable=True)  # [M] stable: ties keep index order
     keep[order[:k]] = True
     return keep, values[order[k - 1]]
@@ -522,15 +400,15 @@ class LossDenominators:
     scale: float = 1.0  # processes whose gradients DDP averages
 
     @staticmethod
-    def counts(valid: Tensor, pg_mask: Tensor, agg: str, rows: int | None = None) -> Tensor:
+    def counts(loss_mask: Tensor, pg_mask: Tensor, agg: str, rows: int | None = None) -> Tensor:
         """``[4]`` float64 local counts (pg, valid, pg_tokens, valid_tokens): sum them over micro-batches and
         processes, then :meth:`from_counts`. ``rows``: the responses among the rows (see aggregate_denominator)."""
         return torch.stack(
             [
                 aggregate_denominator(pg_mask, agg, rows),
-                aggregate_denominator(valid, agg, rows),
+                aggregate_denominator(loss_mask, agg, rows),
                 pg_mask.bool().sum().float(),
-                valid.bool().sum().float(),
+                loss_mask.bool().sum().float(),
             ]
         ).double()  # [4]
 
@@ -544,7 +422,7 @@ def grpo_objective(
     logp: Tensor,
     entropy: Tensor,
     advantages: Tensor,
-    valid: Tensor,
+    loss_mask: Tensor,
     pg_mask: Tensor,
     denominators: LossDenominators,
     *,
@@ -563,7 +441,7 @@ def grpo_objective(
         loss = agg_pg(clipped surrogate) - entropy_coef * agg_valid(entropy) + kl_coef * agg_valid(k3 KL)
 
     where ``agg_pg`` aggregates over ``pg_mask`` (the valid tokens, or only the forking ones) and ``agg_valid``
-    over ``valid`` (KL and entropy are not focal-masked), each as ``aggregate_numerator / denominator`` with
+    over ``loss_mask`` (KL and entropy are not focal-masked), each as ``aggregate_numerator / denominator`` with
     the whole batch's denominators, times ``denominators.scale``. Summing this loss over the micro-batches of a
     batch (and averaging over processes, as DDP does with gradients) gives exactly the loss of the whole batch
     in one piece, for every ``loss_agg``.
@@ -572,8 +450,8 @@ def grpo_objective(
         logp: ``[B, T]`` log-probs of the sampled tokens under the policy (with grad).
         entropy: ``[B, T]`` per-token entropy (with grad when ``entropy_coef != 0``).
         advantages: ``[B]`` one advantage per response.
-        valid: ``[B, T]`` response tokens that get loss (truncated responses may be masked out).
-        pg_mask: ``[B, T]`` tokens that get policy gradient, a subset of ``valid``.
+        loss_mask: ``[B, T]`` response tokens that get loss (truncated responses may be masked out).
+        pg_mask: ``[B, T]`` tokens that get policy gradient, a subset of ``loss_mask``.
         denominators: the whole batch's counts (:class:`LossDenominators`).
         old_logp: ``[B, T]`` behaviour log-probs; None = on-policy (ratio 1: ``logp.detach()``).
         ref_logp: ``[B, T]`` reference log-probs, needed when ``kl_coef > 0``.
@@ -590,8 +468,8 @@ def grpo_objective(
     """
     if kl_coef > 0 and ref_logp is None:
         raise ValueError("grpo_objective: kl_coef > 0 needs ref_logp (the reference model's log-probs)")
-    valid_f = valid.to(logp.dtype)  # [B, T]
-    pg_f = (pg_mask.bool() & valid.bool()).to(logp.dtype)  # [B, T]
+    valid_f = loss_mask.to(logp.dtype)  # [B, T]
+    pg_f = (pg_mask.bool() & loss_mask.bool()).to(logp.dtype)  # [B, T]
     old = logp.detach() if old_logp is None else old_logp  # [B, T]
     tokens = policy_loss_tokens(logp, old, advantages, pg_f, epsilon_low, epsilon_high, dual_clip)
     scale = denominators.scale

@@ -21,7 +21,7 @@ from reprokit.data.embedded import EMBEDDED_NAMES, get_embedded_examples
 from reprokit.data.errors import DataError
 from reprokit.data.modules import EvalDataModule, MathDataModule, OneShotDataModule, Validation
 from reprokit.data.readers import Example, read_examples
-from reprokit.data.templates import COT_SUFFIX, PROMPT_TEMPLATES, QWEN25_MATH_SYSTEM, render_prompt
+from reprokit.data.templates import COT_SUFFIX, PROMPT_TEMPLATES, QWEN25_MATH_SYSTEM, Prompt, render_prompt
 
 __all__ = [
     "BENCHMARKS",
@@ -35,6 +35,7 @@ __all__ = [
     "Example",
     "MathDataModule",
     "OneShotDataModule",
+    "Prompt",
     "PromptBatch",
     "PromptDataset",
     "PromptItem",

@@ -34,7 +34,7 @@ from reprokit.data.benchmarks import load_benchmark
 from reprokit.data.embedded import EMBEDDED_NAMES, get_embedded_examples
 from reprokit.data.errors import DataError
 from reprokit.data.readers import AUTO, Example, read_examples
-from reprokit.data.templates import PROMPT_TEMPLATES
+from reprokit.data.templates import Prompt
 
 __all__ = ["EvalDataModule", "MathDataModule", "OneShotDataModule", "Validation"]
 
@@ -52,6 +52,29 @@ class Validation:
     """Problems per benchmark (None = all)."""
     batch_size: int = 16
     """Prompts per validation batch."""
+    n: int = 1
+    """Samples per problem (1 with temperature 0 = greedy pass@1)."""
+    temperature: float = 0.0
+    """Sampling temperature (0 = greedy)."""
+    top_p: float | None = None
+    """Nucleus sampling when temperature > 0; None = the rollouts' top_p."""
+    max_new_tokens: int | None = None
+    """Response length; None = the rollouts'."""
+    reward: str | None = None
+    """What grades validation (correct = reward >= 1); None = the training reward. Set it when training on another
+    signal (a format-only or random reward) and test accuracy must still be the answer's."""
+
+    def __post_init__(self):
+        checks = [
+            (self.n >= 1, "n", "must be >= 1"),
+            (self.temperature >= 0, "temperature", "must be >= 0 (0 = greedy)"),
+            (self.temperature > 0 or self.n == 1, "n", "greedy validation (temperature 0) takes n 1"),
+            (self.top_p is None or 0 < self.top_p <= 1, "top_p", "must be in (0, 1] or null"),
+            (self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1 or null"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise ValueError(f"eval.{name}: {why} (got {getattr(self, name)!r})")
 
 
 class _PromptDataModule(L.LightningDataModule):
@@ -61,10 +84,7 @@ class _PromptDataModule(L.LightningDataModule):
         self,
         tokenizer: Any,
         *,
-        template: str,
-        cot_suffix: bool,
-        max_prompt_length: int,
-        drop_long_prompts: bool,
+        prompt: Prompt | None,
         batch_size: int,
         num_workers: int,
         validation: Validation | None = None,
@@ -72,18 +92,8 @@ class _PromptDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise DataError(f"batch_size={batch_size} must be at least 1 prompt")
-        if max_prompt_length < 1:
-            raise DataError(f"max_prompt_length={max_prompt_length} must be at least 1 token")
-        if template not in PROMPT_TEMPLATES and "{question}" not in template:
-            raise DataError(
-                f"template={template!r} is neither a template name ({', '.join(PROMPT_TEMPLATES)}) "
-                "nor a format string containing '{question}'"
-            )
         self.tokenizer = tokenizer
-        self.template = template
-        self.cot_suffix = cot_suffix
-        self.max_prompt_length = max_prompt_length
-        self.drop_long_prompts = drop_long_prompts
+        self.prompt = prompt or Prompt()
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.validation = validation or Validation(benchmarks=[])
@@ -92,12 +102,8 @@ class _PromptDataModule(L.LightningDataModule):
 
     def _tokenize(self, examples: Sequence[Example]) -> list[PromptItem]:
         return tokenize_examples(
-            examples,
-            self.tokenizer,
-            template=self.template,
-            cot_suffix=self.cot_suffix,
-            max_prompt_length=self.max_prompt_length,
-            drop_long_prompts=self.drop_long_prompts,
+            examples, self.tokenizer, template=self.prompt.template, cot_suffix=self.prompt.cot_suffix,
+            max_prompt_length=self.prompt.max_prompt_length, drop_long_prompts=self.prompt.drop_long_prompts,
         )
 
     def _world_size(self) -> int:
@@ -162,10 +168,8 @@ class OneShotDataModule(_PromptDataModule):
             :func:`read_examples`, or a list of :class:`Example`.
         label: for embedded π1, ``"dataset"`` (12.8, what the paper trained on) or ``"true"`` (12.7).
         question_field / answer_field / id_field: fields when ``examples`` is a file.
-        template: prompt template name or ``{question}`` format string.
-        cot_suffix: append the paper's "Let's think step by step ..." suffix to each problem.
-        max_prompt_length: longest prompt in tokens; longer ones raise (never truncated).
-        drop_long_prompts: drop over-long prompts with a warning instead of raising.
+        prompt: how each problem is rendered (:class:`reprokit.data.Prompt`: template, step-by-step suffix, longest
+            prompt; a longer one raises, or is dropped with a warning with ``drop_long_prompts``).
         batch_size: prompts per optimizer step over all devices.
         num_workers: DataLoader workers.
         seed: unused by the fixed one-shot order; kept so every training module takes the same options.
@@ -181,10 +185,7 @@ class OneShotDataModule(_PromptDataModule):
         question_field: str = AUTO,
         answer_field: str = AUTO,
         id_field: str | None = None,
-        template: str = "qwen25-math-cot",
-        cot_suffix: bool = True,
-        max_prompt_length: int = 1024,
-        drop_long_prompts: bool = False,
+        prompt: Prompt | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
@@ -192,15 +193,12 @@ class OneShotDataModule(_PromptDataModule):
     ):
         super().__init__(
             tokenizer,
-            template=template,
-            cot_suffix=cot_suffix,
-            max_prompt_length=max_prompt_length,
-            drop_long_prompts=drop_long_prompts,
+            prompt=prompt,
             batch_size=batch_size,
             num_workers=num_workers,
             validation=validation,
         )
-        self.save_hyperparameters(ignore=["tokenizer", "validation"] + ([] if isinstance(examples, (str, Path)) else ["examples"]))
+        self.save_hyperparameters(ignore=["tokenizer", "validation", "prompt"] + ([] if isinstance(examples, (str, Path)) else ["examples"]))
         self.examples = examples
         self.label = label
         self.question_field = question_field
@@ -260,7 +258,7 @@ class MathDataModule(_PromptDataModule):
         tokenizer: the policy's transformers tokenizer.
         path: training file or dataset for :func:`read_examples` (verl parquet is detected).
         question_field / answer_field / id_field / skip_invalid / split: passed to :func:`read_examples`.
-        template / cot_suffix / max_prompt_length / drop_long_prompts: prompt options.
+        prompt: how each problem is rendered (:class:`reprokit.data.Prompt`).
         batch_size: prompts per optimizer step over all devices.
         num_workers: DataLoader workers.
         seed: data-order seed.
@@ -278,10 +276,7 @@ class MathDataModule(_PromptDataModule):
         id_field: str | None = None,
         skip_invalid: bool = False,
         split: str | None = None,
-        template: str = "qwen25-math-cot",
-        cot_suffix: bool = True,
-        max_prompt_length: int = 1024,
-        drop_long_prompts: bool = False,
+        prompt: Prompt | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
@@ -290,15 +285,12 @@ class MathDataModule(_PromptDataModule):
     ):
         super().__init__(
             tokenizer,
-            template=template,
-            cot_suffix=cot_suffix,
-            max_prompt_length=max_prompt_length,
-            drop_long_prompts=drop_long_prompts,
+            prompt=prompt,
             batch_size=batch_size,
             num_workers=num_workers,
             validation=validation,
         )
-        self.save_hyperparameters(ignore=["tokenizer", "validation"])
+        self.save_hyperparameters(ignore=["tokenizer", "validation", "prompt"])
         self.path = path
         self.question_field = question_field
         self.answer_field = answer_field
@@ -358,7 +350,7 @@ class EvalDataModule(_PromptDataModule):
         benchmarks: names from :data:`~reprokit.data.benchmarks.BENCHMARKS`.
         data_dir: local data folder (``<dir>/eval/<name>/``); default ``$REPROKIT_DATA_DIR``, then the Hub.
         limit: first ``limit`` problems of each benchmark.
-        template / cot_suffix / max_prompt_length / drop_long_prompts: prompt options (match training).
+        prompt: how each problem is rendered (:class:`reprokit.data.Prompt`; match training).
         batch_size: prompts per device per step.
         num_workers: DataLoader workers.
     """
@@ -370,10 +362,7 @@ class EvalDataModule(_PromptDataModule):
         data_dir: str | Path | None = None,
         limit: int | None = None,
         *,
-        template: str = "qwen25-math-cot",
-        cot_suffix: bool = True,
-        max_prompt_length: int = 1024,
-        drop_long_prompts: bool = False,
+        prompt: Prompt | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
     ):
@@ -382,15 +371,12 @@ class EvalDataModule(_PromptDataModule):
             raise DataError("EvalDataModule needs at least one benchmark name")
         super().__init__(
             tokenizer,
-            template=template,
-            cot_suffix=cot_suffix,
-            max_prompt_length=max_prompt_length,
-            drop_long_prompts=drop_long_prompts,
+            prompt=prompt,
             batch_size=batch_size,
             num_workers=num_workers,
             validation=Validation(benchmarks=benchmarks, data_dir=None if data_dir is None else str(data_dir), limit=limit, batch_size=batch_size),
         )
-        self.save_hyperparameters(ignore=["tokenizer", "validation"])
+        self.save_hyperparameters(ignore=["tokenizer", "validation", "prompt"])
         self.benchmarks = benchmarks
 
     def setup(self, stage: str | None = None) -> None:

@@ -10,9 +10,10 @@ score best with no template). Any string containing ``{question}`` is a template
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COT_SUFFIX", "PROMPT_TEMPLATES", "QWEN25_MATH_SYSTEM", "R1_TEMPLATE", "render_prompt", "uses_chat_markup"]
+__all__ = ["COT_SUFFIX", "PROMPT_TEMPLATES", "QWEN25_MATH_SYSTEM", "R1_TEMPLATE", "Prompt", "render_prompt", "uses_chat_markup"]
 
 COT_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
 QWEN25_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -40,7 +41,7 @@ def _qwen25_math_cot(question: str, tokenizer: Any = None) -> str:
         raise ValueError(
             "template 'qwen25-math-cot' needs the tokenizer's chat template or ChatML's <|im_start|> token, and this "
             f"tokenizer ({type(tokenizer).__name__}) has neither; use template 'none' or 'r1', or a format string "
-            "such as 'Question: {question}\nAnswer:' (data.template)"
+            "such as 'Question: {question}\nAnswer:' (prompt.template)"
         )
     return (
         f"<|im_start|>system\n{QWEN25_MATH_SYSTEM}<|im_end|>\n"
@@ -55,7 +56,7 @@ def _chat(question: str, tokenizer: Any = None) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"template 'chat' needs a tokenizer with a chat template, and {type(tokenizer).__name__} has none; use "
-            "template 'qwen25-math-cot', 'none' or a format string with {question} (data.template)"
+            "template 'qwen25-math-cot', 'none' or a format string with {question} (prompt.template)"
         )
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
 
@@ -114,3 +115,29 @@ def render_prompt(
 def uses_chat_markup(template: str) -> bool:
     """Whether the rendered text already holds the model's special markers (no BOS/EOS to add)."""
     return template in ("qwen25-math-cot", "chat")
+
+
+@dataclass
+class Prompt:
+    """How a problem becomes the text the model continues: the `prompt` section every recipe shares."""
+
+    template: str = "qwen25-math-cot"
+    """qwen25-math-cot (the Qwen2.5-Math chat prompt), chat (the tokenizer's chat template, one user turn), r1, none,
+    or a format string with {question} (the CPU world: "{question}\\n", written in YAML)."""
+    cot_suffix: bool = True
+    """Append " Let's think step by step and output the final answer within \\boxed{}." as the 1-shot paper does
+    (skipped when the problem already ends with it)."""
+    max_prompt_length: int = 1024
+    """Longest prompt in tokens; a longer one is an error naming the problem, unless drop_long_prompts."""
+    drop_long_prompts: bool = False
+    """Drop prompts longer than max_prompt_length (counted in a warning) instead of stopping."""
+
+    def __post_init__(self):
+        if self.template not in PROMPT_TEMPLATES and "{question}" not in self.template:
+            raise ValueError(
+                f"prompt.template={self.template!r}: use one of {', '.join(PROMPT_TEMPLATES)} or a format string "
+                "containing {question}"
+            )
+        if self.max_prompt_length < 1:
+            raise ValueError(f"prompt.max_prompt_length={self.max_prompt_length} must be at least 1 token")
+

@@ -8,7 +8,7 @@ Everything the kit needs from a domain is here and reaches it by name (``reproki
 * reward ``word_problems``: 1 when the first ``\\boxed{}`` of the response holds the answer. A base model given a
   few-shot prompt goes on after its answer with more questions and answers of its own, so the answer to this
   question is the first box, not the last (the math reward's rule);
-* :data:`TEMPLATE`: the few-shot prompt, a format string with ``{question}`` (``--data.template``), whose two
+* :data:`TEMPLATE`: the few-shot prompt, a format string with ``{question}`` (``--prompt.template``), whose two
   solved examples show the answer format.
 
 Problems are drawn from a fixed seed: one or two operations (add, take away, share equally, groups of) on

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from reprokit.data import Example, collate_prompts, tokenize_examples
 from reprokit.data.batching import get_pad_token_id
@@ -19,68 +18,16 @@ from reprokit.data.templates import render_prompt, uses_chat_markup
 from reprokit.evaluation.samples import Sample, SampleWriter, read_samples, write_samples_atomically
 from reprokit.evaluation.specs import model_device
 from reprokit.rewards import reward_keywords, score
-from reprokit.sampling import Completions, seeded_generator
+from reprokit.sampling import sample_and_grade, seeded_generator
 
 __all__ = [
-    "Graded",
     "SamplingReport",
     "correctness_by_problem",
     "grade",
     "regrade_samples",
     "render_prompts",
-    "sample_and_grade",
     "sample_to_jsonl",
 ]
-
-
-@dataclass
-class Graded:
-    """``n`` responses to each of a batch's prompts (group-contiguous: prompt i's at i*n … i*n+n-1) and their rewards."""
-
-    comps: Completions
-    rewards: torch.Tensor  # [P*n] float32, on the prompts' device
-    n: int
-
-    def correct(self) -> list[int]:
-        """Responses per prompt whose reward is >= 1 (counted as solving it)."""
-        return (self.rewards >= 1.0).view(-1, self.n).sum(-1).tolist()
-
-
-def sample_and_grade(
-    model,
-    tokenizer,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    answers: Sequence[str],
-    fields: Sequence[Mapping],
-    *,
-    n: int,
-    reward_fn: Callable[..., list[float]],
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float = 1.0,
-    eos_ids: list[int] | None = None,
-    batch_size: int | None = None,
-    generator: torch.Generator | None = None,
-    reward_generator: torch.Generator | None = None,
-) -> Graded:
-    """Sample ``n`` responses to each prompt and grade them: the one path every rollout, validation, evaluation and
-    CPU-world measurement goes through (:func:`reprokit.sampling.generate`, then :func:`reprokit.rewards.score`).
-
-    Args:
-        input_ids, attention_mask: ``[P, L]`` left-padded prompts on the model's device.
-        answers, fields: each prompt's reference answer and its example fields (the reward's keywords).
-        generator / reward_generator: the sampling stream and the one a random reward draws from.
-    """
-    from reprokit.sampling import generate
-
-    comps = generate(
-        model, tokenizer, input_ids, attention_mask, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_p=top_p if temperature > 0 else 1.0, eos_ids=eos_ids, batch_size=batch_size, generator=generator,
-    )
-    expanded = [a for a in answers for _ in range(n)]
-    rewards = score(reward_fn, comps.texts, expanded, reward_keywords(list(fields), n), generator=reward_generator)
-    return Graded(comps=comps, rewards=torch.tensor(rewards, dtype=torch.float32, device=input_ids.device), n=n)
 
 
 @dataclass
@@ -156,21 +103,8 @@ def sample_to_jsonl(
     path = Path(path)
     if existing is None:
         existing = (s.key for s in read_samples(path, repair=True))
-    done = set(existing)
     cap = max_batch_sequences or n
-    # Work units (problem, sample indices) of at most `cap` indices, grouped by size so that one generate call
-    # draws the same number of responses for every prompt in it.
-    units: dict[int, list[tuple[Example, list[int]]]] = defaultdict(list)
-    missing_of: dict[str, int] = {}
-    skipped = 0
-    for ex in examples:
-        missing = [i for i in range(n) if (model_name, ex.id, i) not in done]
-        skipped += n - len(missing)
-        if missing:
-            missing_of[ex.id] = len(missing)
-            for begin in range(0, len(missing), cap):
-                part = missing[begin : begin + cap]
-                units[len(part)].append((ex, part))
+    units, missing_of, skipped = _work_units(examples, set(existing), model_name, n, cap)
     report = SamplingReport(generated=0, problems=len(missing_of), skipped=skipped, seconds=0.0, tokens=0)
     if not missing_of:
         return report
@@ -205,28 +139,10 @@ def sample_to_jsonl(
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, eos_ids=eos_ids,
                     generator=seeded_generator(device, key), reward_generator=seeded_generator("cpu", key, "reward"),
                 )
-                comps, rewards = graded.comps, graded.rewards.tolist()
-                lengths = comps.lengths.tolist()
-                truncated = comps.truncated.tolist()
-                rows = []
-                for p, (ex, indices) in enumerate(chunk):
-                    for j, index in enumerate(indices):
-                        r = p * count + j  # generate() is group-contiguous
-                        rows.append(
-                            Sample(
-                                model=model_name,
-                                benchmark=str(ex.fields.get("benchmark", "")),
-                                problem_id=ex.id,
-                                sample_index=index,
-                                text=comps.texts[r],
-                                correct=rewards[r],
-                                n_tokens=int(lengths[r]),
-                                truncated=bool(truncated[r]),
-                            )
-                        )
+                rows = _samples(graded, chunk, model_name)
                 writer.write(rows)
                 report.generated += len(rows)
-                report.tokens += comps.num_tokens
+                report.tokens += graded.comps.num_tokens
                 elapsed = time.perf_counter() - start
                 # A problem split over several calls advances the bar by its share per call.
                 bar.update(sum(len(indices) / missing_of[ex.id] for ex, indices in chunk))
@@ -234,6 +150,39 @@ def sample_to_jsonl(
     bar.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _samples(graded, chunk: list[tuple[Example, list[int]]], model_name: str) -> list[Sample]:
+    """The samples-file rows of one graded batch: ``chunk``'s problems with their sample indices, in order."""
+    comps, rewards, count = graded.comps, graded.rewards.tolist(), graded.n
+    lengths, truncated = comps.lengths.tolist(), comps.truncated.tolist()
+    rows = []
+    for p, (ex, indices) in enumerate(chunk):
+        for j, index in enumerate(indices):
+            r = p * count + j  # generate() is group-contiguous
+            rows.append(Sample(
+                model=model_name, benchmark=str(ex.fields.get("benchmark", "")), problem_id=ex.id, sample_index=index,
+                text=comps.texts[r], correct=rewards[r], n_tokens=int(lengths[r]), truncated=bool(truncated[r]),
+            ))
+    return rows
+
+
+def _work_units(examples, done: set, model_name: str, n: int, cap: int):
+    """The (problem, sample indices) still to sample, at most ``cap`` indices each, grouped by size so that one
+    generate call draws the same number of responses for every prompt in it; the count missing per problem and
+    the count already there."""
+    units: dict[int, list[tuple[Example, list[int]]]] = defaultdict(list)
+    missing_of: dict[str, int] = {}
+    skipped = 0
+    for ex in examples:
+        missing = [i for i in range(n) if (model_name, ex.id, i) not in done]
+        skipped += n - len(missing)
+        if missing:
+            missing_of[ex.id] = len(missing)
+            for begin in range(0, len(missing), cap):
+                part = missing[begin : begin + cap]
+                units[len(part)].append((ex, part))
+    return units, missing_of, skipped
 
 
 def regrade_samples(

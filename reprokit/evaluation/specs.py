@@ -284,8 +284,9 @@ def _load_checkpoint(spec: str, ckpt: Path, quantization: str, device: torch.dev
     if not isinstance(tensors, Mapping) or not tensors:
         raise ModelSpecError(f"model spec {spec!r}: checkpoint {ckpt} has no state_dict of adapter tensors")
     adapter = {k.removeprefix("model."): v for k, v in tensors.items()}
-    # A run that trained every weight (grpo.finetune or train.finetune full) saved every weight, in full precision.
-    finetune = next((s.get("finetune") for s in (saved.get("grpo"), saved.get("train")) if isinstance(s, Mapping) and s.get("finetune")), "lora")
+    # A run that trained every weight (train.finetune or train.finetune full) saved every weight, in full precision.
+    train = saved.get("train")
+    finetune = train.get("finetune", "lora") if isinstance(train, Mapping) else "lora"
     if finetune == "full":
         options["quantization"] = "none"
     model, tokenizer = load_policy(ModelConfig(**options), device=device, finetune=finetune)

@@ -1,5 +1,9 @@
 """What the GRPO recipes share: their command line, the policy, validation before and after training, the fit and
 the report. ``one_shot`` and ``focal_tokens`` differ only in their data section and training DataModule.
+
+A GRPO recipe's sections, each a group of its command line and YAML: ``run`` (:class:`RunConfig`), ``model``
+(:class:`ModelConfig`), ``rollout``, ``loss`` and ``train`` (:mod:`reprokit.training.grpo`), ``data`` (the
+recipe's own), ``prompt`` (:class:`reprokit.data.Prompt`) and ``eval`` (:class:`reprokit.data.Validation`).
 """
 
 from __future__ import annotations
@@ -11,21 +15,24 @@ from typing import Any
 import lightning as L
 
 from reprokit.cli import Recipe, gpu_preset, parse
-from reprokit.data import EvalDataModule, Validation
+from reprokit.data import EvalDataModule, Prompt, Validation
 from reprokit.metrics.functional import bootstrap_interval
 from reprokit.policy import ModelConfig, load_policy
-from reprokit.training.grpo import GRPOConfig, GRPOModule
+from reprokit.training.grpo import GRPOConfig, GRPOModule, LossConfig, RolloutConfig, TrainConfig
 from reprokit.training.trainer import RunConfig, build_trainer, last_checkpoint, refuse_to_overwrite
 
 __all__ = ["grpo_recipe", "run_grpo_recipe"]
 
 
 def grpo_recipe(name: str, description: str, data_class: type) -> Recipe:
-    """The command line of a GRPO recipe: model, grpo, its data section, eval and run."""
+    """The command line of a GRPO recipe: its sections, the data one its own."""
     return Recipe(
         name=name,
         description=description,
-        sections={"run": RunConfig, "model": ModelConfig, "grpo": GRPOConfig, "data": data_class, "eval": Validation},
+        sections={
+            "run": RunConfig, "model": ModelConfig, "rollout": RolloutConfig, "loss": LossConfig, "train": TrainConfig,
+            "data": data_class, "prompt": Prompt, "eval": Validation,
+        },
         resumable=True,
         default_preset=gpu_preset,
     )
@@ -33,12 +40,12 @@ def grpo_recipe(name: str, description: str, data_class: type) -> Recipe:
 
 def run_grpo_recipe(
     recipe: Recipe,
-    build_data: Callable[[Any, Any, int, Validation | None], L.LightningDataModule],
+    build_data: Callable[[Any, Any, Prompt, int, Validation | None], L.LightningDataModule],
     argv: list[str] | None = None,
 ) -> tuple[dict, L.Trainer, GRPOModule]:
     """Parse, build, validate, train, validate, report; returns (summary, trainer, module).
 
-    ``build_data(tokenizer, data, seed, validation)`` makes the recipe's training DataModule; ``validation`` is
+    ``build_data(tokenizer, data, prompt, seed, validation)`` makes the recipe's training DataModule; ``validation`` is
     the eval section when validation runs inside fit (``run.val_every``), else None.
     """
     parsed = parse(recipe, argv)
@@ -50,16 +57,13 @@ def run_grpo_recipe(
     print(f"[reprokit] run directory {run_dir} (config saved to {config_path})")
     L.seed_everything(run.seed, workers=True, verbose=False)
 
-    grpo: GRPOConfig = parsed.section("grpo")
-    model, tokenizer = load_policy(parsed.section("model"), finetune=grpo.finetune)
     ev: Validation = parsed.section("eval")
-    data = parsed.section("data")
-    train_data = build_data(tokenizer, data, run.seed, ev if ev.benchmarks and run.val_every else None)
-    eval_dl = _eval_dataloader(ev, tokenizer, data)
-
-    if grpo.accuracy_file is None:
-        grpo.accuracy_file = str(run_dir / "example_accuracy.json")
-    module = GRPOModule(model, tokenizer, grpo, run_dir=str(run_dir), seed=run.seed)
+    cfg = GRPOConfig(parsed.section("rollout"), parsed.section("loss"), parsed.section("train"), ev)
+    model, tokenizer = load_policy(parsed.section("model"), finetune=cfg.train.finetune)
+    prompt: Prompt = parsed.section("prompt")
+    train_data = build_data(tokenizer, parsed.section("data"), prompt, run.seed, ev if ev.benchmarks and run.val_every else None)
+    eval_dl = _eval_dataloader(ev, tokenizer, prompt)
+    module = GRPOModule(model, tokenizer, cfg, run_dir=str(run_dir), seed=run.seed)
     trainer = build_trainer(run, run_dir, val_every=run.val_every if eval_dl is not None else 0, model=model)
     ckpt = last_checkpoint(run_dir) if parsed.resume else None
     if parsed.resume and ckpt is None:
@@ -107,19 +111,10 @@ def evaluate_command(parsed, run_dir: Path) -> str:
     return shlex.join(args)
 
 
-def _eval_dataloader(ev: Validation, tokenizer, data):
+def _eval_dataloader(ev: Validation, tokenizer, prompt: Prompt):
     if not ev.benchmarks:
         return None
-    dm = EvalDataModule(
-        tokenizer,
-        benchmarks=ev.benchmarks,
-        data_dir=ev.data_dir,
-        limit=ev.limit,
-        batch_size=ev.batch_size,
-        template=data.template,
-        cot_suffix=data.cot_suffix,
-        max_prompt_length=data.max_prompt_length,
-    )
+    dm = EvalDataModule(tokenizer, benchmarks=ev.benchmarks, data_dir=ev.data_dir, limit=ev.limit, batch_size=ev.batch_size, prompt=prompt)
     dm.setup("validate")
     return dm.val_dataloader()
 

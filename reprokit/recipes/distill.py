@@ -9,7 +9,7 @@ as ``RUN_DIR/checkpoints/last.ckpt`` with the run's ``config.yaml``).
 
 Input: a JSONL file of teacher traces, one ``{"problem": ..., "response": ...}`` per line (rename the fields
 with ``--data.problem_field`` / ``--data.response_field``). Each problem is rendered with the same prompt
-options as the GRPO recipes (``--data.template``, ``--data.cot_suffix``), so the student is trained and
+options as the GRPO recipes (``--prompt.template``, ``--prompt.cot_suffix``), so the student is trained and
 evaluated on identical prompts; the loss covers the response and the EOS that ends it, never the prompt.
 
 Where it departs from the paper's distilled models (DeepSeek-R1-Distill-Qwen, full fine-tuning on 800k
@@ -40,7 +40,7 @@ from lightning.pytorch.callbacks import Callback
 
 from reprokit import plots, registry
 from reprokit.cli import Recipe, gpu_preset, parse
-from reprokit.data import render_prompt
+from reprokit.data import Prompt, render_prompt
 from reprokit.data.templates import uses_chat_markup
 from reprokit.policy import ModelConfig, load_policy
 from reprokit.training.checkpoints import adapter_state_dict, load_adapter_state_dict, restore_rng_state, rng_state
@@ -60,10 +60,6 @@ class DistillData:
     """Field holding the problem text (the question, without template)."""
     response_field: str = "response"
     """Field holding the teacher's full response (reasoning and final answer)."""
-    template: str = "qwen25-math-cot"
-    """Prompt template, as in the GRPO recipes: qwen25-math-cot, chat, r1, none, or a format string with {question}."""
-    cot_suffix: bool = True
-    """Append " Let's think step by step and output the final answer within \\boxed{}." to each problem."""
     max_length: int = 4096
     """Longest training sequence (prompt + response) in tokens; longer responses lose their end."""
     batch_size: int = 8
@@ -99,7 +95,7 @@ class DistillTrain:
 RECIPE = Recipe(
     name="distill",
     description=__doc__.split("\n\n")[0],
-    sections={"run": RunConfig, "model": ModelConfig, "train": DistillTrain, "data": DistillData},
+    sections={"run": RunConfig, "model": ModelConfig, "train": DistillTrain, "data": DistillData, "prompt": Prompt},
     resumable=True,
     default_preset=gpu_preset,
 )
@@ -140,7 +136,7 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, "DistillModule"
         write = registry.resolve("traces", prefix, what="data.file")
         data.file = str(write(rest, run_dir / "teacher_traces.jsonl"))
     model, tokenizer = load_policy(model_cfg, finetune=train.finetune)
-    pairs = teacher_pairs(data, tokenizer)
+    pairs = teacher_pairs(data, parsed.section("prompt"), tokenizer)
     print(f"[reprokit] {len(pairs)} teacher traces from {data.file}")
     datamodule = SFTDataModule(
         pairs, tokenizer, batch_size=data.batch_size, max_length=data.max_length, seed=run_cfg.seed, add_eos=True
@@ -174,18 +170,18 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, "DistillModule"
     return summary, trainer, module
 
 
-def teacher_pairs(data: DistillData, tokenizer) -> list[tuple[str, str]]:
+def teacher_pairs(data: DistillData, prompt: Prompt, tokenizer) -> list[tuple[str, str]]:
     """(prompt, response) pairs: each problem rendered exactly as the GRPO recipes and pass_at_k render it."""
     rows = read_pairs(data.file, data.problem_field, data.response_field)
     # Generation tokenizes plain-text prompts with the tokenizer's special tokens (a BOS for Llama-style
     # tokenizers) while SFT tokenizes them without; writing the BOS into the text makes both see the same ids.
     bos = ""
-    if not uses_chat_markup(data.template) and tokenizer.bos_token is not None:
+    if not uses_chat_markup(prompt.template) and tokenizer.bos_token is not None:
         with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
         if with_special and with_special[0] == tokenizer.bos_token_id:
             bos = tokenizer.bos_token
     return [
-        (bos + render_prompt(problem, data.template, tokenizer, cot_suffix=data.cot_suffix), response)
+        (bos + render_prompt(problem, prompt.template, tokenizer, cot_suffix=prompt.cot_suffix), response)
         for problem, response in rows
     ]
 

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from reprokit import plots
 from reprokit.algorithms import response_logprobs
 from reprokit.cli import Recipe, cpu_preset, parse
-from reprokit.data import Example, collate_prompts, get_pad_token_id, load_problems, tokenize_examples
+from reprokit.data import Example, Prompt, collate_prompts, get_pad_token_id, load_problems, tokenize_examples
 from reprokit.evaluation import free_memory, load_model_spec
 from reprokit.metrics import HighEntropyOverlap, TokenEntropy
 from reprokit.metrics.functional import quantiles
@@ -84,12 +84,26 @@ class EntropyOptions:
     """Answer field when problems is a data file (read, not used)."""
     limit: int | None = 100
     """Problems to sample (the first ones); None = all."""
-    template: str = "qwen25-math-cot"
-    """Prompt template, as in the training recipes: qwen25-math-cot, chat, r1, none, or a format string with {question}."""
-    cot_suffix: bool = True
-    """Append " Let's think step by step and output the final answer within \\boxed{}." to each problem."""
-    max_prompt_length: int = 1024
-    """Longest prompt in tokens; longer ones are dropped with a warning."""
+    rho: float = 0.2
+    """Top fraction of positions counted as high-entropy (the paper's 20%)."""
+    top_tokens: int = 30
+    """Tokens in the frequency bar plot (the CSV lists every token seen at a high-entropy position)."""
+    run_dir_of_training: str | None = None
+    """A training run directory (checkpoints/step-N.ckpt): overlap of top-rho positions with the base per step."""
+    max_checkpoints: int | None = 20
+    """Checkpoints of run_dir_of_training to score, evenly spaced, the last always included; None = all."""
+
+    def __post_init__(self):
+        _check(self, [
+            (0 < self.rho <= 1, "rho", "must be in (0, 1]"),
+            (self.max_checkpoints is None or self.max_checkpoints >= 1, "max_checkpoints", "must be >= 1 or null"),
+        ])
+
+
+@dataclass
+class EntropySampling:
+    """How the responses are sampled and scored (the `sampling` section)."""
+
     n: int = 4
     """Responses sampled per problem."""
     temperature: float = 0.6
@@ -104,27 +118,20 @@ class EntropyOptions:
     """Sequences per scoring forward pass."""
     chunk_size: int = 1024
     """Positions per chunk of the entropy pass: bounds the [chunk, vocab] logits held at once."""
-    rho: float = 0.2
-    """Top fraction of positions counted as high-entropy (the paper's 20%)."""
-    top_tokens: int = 30
-    """Tokens in the frequency bar plot (the CSV lists every token seen at a high-entropy position)."""
-    run_dir_of_training: str | None = None
-    """A training run directory (checkpoints/step-N.ckpt): overlap of top-rho positions with the base per step."""
-    max_checkpoints: int | None = 20
-    """Checkpoints of run_dir_of_training to score, evenly spaced, the last always included; None = all."""
 
     def __post_init__(self):
-        checks = [
+        _check(self, [
             (self.n >= 1, "n", "must be >= 1"),
             (self.temperature > 0, "temperature", "must be > 0: entropies are those of softmax(logits / temperature)"),
             (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
-            (0 < self.rho <= 1, "rho", "must be in (0, 1]"),
             (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
-            (self.max_checkpoints is None or self.max_checkpoints >= 1, "max_checkpoints", "must be >= 1 or null"),
-        ]
-        for ok, name, why in checks:
-            if not ok:
-                raise ValueError(f"--{name}={getattr(self, name)!r}: {why}")
+        ])
+
+
+def _check(values, checks: list[tuple[bool, str, str]]) -> None:
+    for ok, name, why in checks:
+        if not ok:
+            raise ValueError(f"--{name}={getattr(values, name)!r}: {why}")
 
 
 @dataclass
@@ -153,7 +160,7 @@ class Scores:
 RECIPE = Recipe(
     name="entropy_analysis",
     description=__doc__.split("\n\n")[0],
-    sections={"": EntropyOptions},
+    sections={"": EntropyOptions, "sampling": EntropySampling, "prompt": Prompt},
     run_dir_key="run_dir",
     default_preset=cpu_preset,
 )
@@ -161,22 +168,25 @@ RECIPE = Recipe(
 
 def main(argv: list[str] | None = None) -> dict:
     """Run from the command line; returns the contents of entropy_stats.json."""
-    opts = parse_options(argv)
+    opts, sampling, prompt = parse_options(argv)
     run_dir = Path(opts.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(opts.seed, verbose=False)
 
     model, tokenizer = _load(opts.model, opts)
-    responses = read_samples(opts.samples, tokenizer, opts) if opts.samples else sample_responses(model, tokenizer, opts)
+    if opts.samples:
+        responses = read_samples(opts.samples, tokenizer, opts, sampling)
+    else:
+        responses = sample_responses(model, tokenizer, opts, sampling, prompt)
     if not any(responses.response_ids):
         raise SystemExit("every response is empty: nothing to analyse (raise --max_new_tokens or check the model)")
     write_responses(responses, run_dir / "responses.jsonl")
-    base = score_responses(model, responses, opts, desc="entropy (base)")
+    base = score_responses(model, responses, sampling, desc="entropy (base)")
     del model
     free_memory()
 
     stats = entropy_summary(base.entropy, opts.rho)
-    stats.update(model=opts.model, source=responses.source, temperature=opts.temperature, num_responses=len(responses))
+    stats.update(model=opts.model, source=responses.source, temperature=sampling.temperature, num_responses=len(responses))
     _save_values(responses, base, run_dir / "token_entropy.npz")
     plots.entropy_histograms(base.entropy.double().numpy(), stats, run_dir / "entropy_hist.png")
     table = high_entropy_tokens(responses, base, tokenizer, stats["top_rho_threshold"])
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     plots.top_tokens(table[: opts.top_tokens], opts.rho, run_dir / "top_tokens.png")
 
     if opts.run_dir_of_training:
-        rows, values = overlap_by_step(responses, base, opts)
+        rows, values = overlap_by_step(responses, base, opts, sampling)
         np.savez_compressed(run_dir / "overlap_entropy.npz", **values)
         write_overlap(rows, run_dir / "overlap.csv")
         plots.overlap_by_step(rows, opts.rho, run_dir / "overlap.png")
@@ -194,11 +204,11 @@ def main(argv: list[str] | None = None) -> dict:
     return stats
 
 
-def parse_options(argv: list[str] | None = None) -> EntropyOptions:
-    """Defaults < --preset (recipes/entropy_analysis/NAME.yaml; cpu when there is no CUDA device) < --config < flags."""
+def parse_options(argv: list[str] | None = None) -> tuple[EntropyOptions, EntropySampling, Prompt]:
+    """Defaults < --preset (presets/entropy_analysis/NAME.yaml; cpu when there is no CUDA device) < --config < flags."""
     parsed = parse(RECIPE, argv)
     parsed.print_notes()
-    return parsed.section("")
+    return parsed.section(""), parsed.section("sampling"), parsed.section("prompt")
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -214,22 +224,19 @@ def _load(spec: str, opts: EntropyOptions):
 # ---------------------------------------------------------------------------------------------- responses
 
 
-def sample_responses(model, tokenizer, opts: EntropyOptions) -> Responses:
-    """``opts.n`` responses per problem, sampled at ``opts.temperature`` (the prompts of the training recipes)."""
+def sample_responses(model, tokenizer, opts: EntropyOptions, sampling: EntropySampling, prompt: Prompt) -> Responses:
+    """``sampling.n`` responses per problem, sampled at ``sampling.temperature`` (the prompts of the training recipes;
+    a prompt longer than prompt.max_prompt_length is dropped with a warning)."""
     examples = _problems(opts)
     items = tokenize_examples(
-        examples,
-        tokenizer,
-        template=opts.template,
-        cot_suffix=opts.cot_suffix,
-        max_prompt_length=opts.max_prompt_length,
-        drop_long_prompts=True,
+        examples, tokenizer, template=prompt.template, cot_suffix=prompt.cot_suffix,
+        max_prompt_length=prompt.max_prompt_length, drop_long_prompts=True,
     )
     pad_id = get_pad_token_id(tokenizer)
     eos_ids = eos_token_ids(tokenizer, model)
     device = next(model.parameters()).device
-    per_call = max(1, opts.generation_batch_size // opts.n)
-    out = Responses([], [], [], [], [], source=f"sampled: {opts.problems} ({len(items)} problems x {opts.n})")
+    per_call = max(1, sampling.generation_batch_size // sampling.n)
+    out = Responses([], [], [], [], [], source=f"sampled: {opts.problems} ({len(items)} problems x {sampling.n})")
     for begin in tqdm(range(0, len(items), per_call), desc="sampling", unit="batch"):
         batch = collate_prompts(items[begin : begin + per_call], pad_id)
         comps = generate(
@@ -237,18 +244,18 @@ def sample_responses(model, tokenizer, opts: EntropyOptions) -> Responses:
             tokenizer,
             batch.input_ids.to(device),
             batch.attention_mask.to(device),
-            n=opts.n,
-            max_new_tokens=opts.max_new_tokens,
-            temperature=opts.temperature,
-            top_p=opts.top_p,
+            n=sampling.n,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
             eos_ids=eos_ids,
-            batch_size=opts.generation_batch_size,
+            batch_size=sampling.generation_batch_size,
         )
         lengths = comps.lengths.tolist()
         for row in range(len(comps.texts)):
-            item = items[begin + row // opts.n]
+            item = items[begin + row // sampling.n]
             out.prompt_ids.append(list(item.input_ids))
-            out.response_ids.append(comps.completion_ids[row, : lengths[row]].tolist())
+            out.response_ids.append(comps.response_ids[row, : lengths[row]].tolist())
             out.example_ids.append(item.example_id)
             out.prompts.append(item.prompt)
             out.texts.append(comps.texts[row])
@@ -262,14 +269,14 @@ def _problems(opts: EntropyOptions):
     )
 
 
-def read_samples(path: str | Path, tokenizer, opts: EntropyOptions) -> Responses:
+def read_samples(path: str | Path, tokenizer, opts: EntropyOptions, sampling: EntropySampling) -> Responses:
     """The responses of one model from a pass_at_k ``samples.jsonl``, re-tokenized with ``tokenizer``.
 
     The file holds response texts only; the prompts are rebuilt from the ``data`` section of the pass_at_k
     run's ``config.yaml`` beside it (benchmarks, data file, template, CoT suffix), exactly as that run
     rendered them. A response that reached its end token gets the tokenizer's EOS appended (decoding dropped
     it); a truncated one does not. ``opts.samples_model`` picks the model (default: the run's first),
-    ``opts.limit`` the first problems and ``opts.n`` the sample indices below n.
+    ``opts.limit`` the first problems and ``sampling.n`` the sample indices below n.
     """
     import yaml
 
@@ -288,7 +295,7 @@ def read_samples(path: str | Path, tokenizer, opts: EntropyOptions) -> Responses
     config = yaml.safe_load(config_path.read_text()) or {}
     data = config.get("data") or {}
     model = opts.samples_model or next(iter(parse_models((config.get("eval") or {}).get("models") or ["?"])))
-    samples = [s for s in read_sample_file(path) if s.model == model and s.sample_index < opts.n]
+    samples = [s for s in read_sample_file(path) if s.model == model and s.sample_index < sampling.n]
     if not samples:
         raise SystemExit(f"--samples {path}: no responses of model {model!r} (set --samples_model to one of its models)")
     questions = _pass_at_k_questions(data)
@@ -301,10 +308,10 @@ def read_samples(path: str | Path, tokenizer, opts: EntropyOptions) -> Responses
             "(data.benchmarks / data.path); run the analysis where the pass_at_k run found its data"
         )
     sampled_at = _sampling_temperature(path.parent / "sampling.json")
-    if sampled_at is not None and sampled_at != opts.temperature:
+    if sampled_at is not None and sampled_at != sampling.temperature:
         print(
             f"[reprokit] note: {path} was sampled at temperature {sampled_at}, the entropies are computed at "
-            f"--temperature {opts.temperature}; pass --temperature {sampled_at} to measure the sampling distribution"
+            f"--temperature {sampling.temperature}; pass --temperature {sampled_at} to measure the sampling distribution"
         )
     template, cot_suffix = data.get("template", "qwen25-math-cot"), data.get("cot_suffix", True)
     examples = [Example(pid, questions[pid], "", {}) for pid in order if pid in keep]
@@ -362,7 +369,7 @@ def write_responses(responses: Responses, path: Path) -> None:
 
 
 @torch.no_grad()
-def score_responses(model, responses: Responses, opts: EntropyOptions, desc: str = "entropy") -> Scores:
+def score_responses(model, responses: Responses, sampling: EntropySampling, desc: str = "entropy") -> Scores:
     """Entropy of softmax(logits / T) at every response position of every response, under ``model``."""
     device = next(model.parameters()).device
     pad_id = 0  # padding is masked out of attention and cut from the results: any id will do
@@ -370,8 +377,8 @@ def score_responses(model, responses: Responses, opts: EntropyOptions, desc: str
     # Similar lengths share a batch (less padding); results are put back in response order at the end.
     order = sorted(range(len(responses)), key=lambda i: len(responses.prompt_ids[i]) + len(responses.response_ids[i]))
     by_index: dict[int, torch.Tensor] = {}
-    for begin in tqdm(range(0, len(order), opts.score_batch_size), desc=desc, unit="batch", leave=False):
-        rows = order[begin : begin + opts.score_batch_size]
+    for begin in tqdm(range(0, len(order), sampling.score_batch_size), desc=desc, unit="batch", leave=False):
+        rows = order[begin : begin + sampling.score_batch_size]
         prompts = [responses.prompt_ids[i] for i in rows]
         answers = [responses.response_ids[i] for i in rows]
         width_p = max(len(p) for p in prompts)
@@ -386,8 +393,8 @@ def score_responses(model, responses: Responses, opts: EntropyOptions, desc: str
         seq, mask = seq.to(device), mask.to(device)
         # The hidden state at position i predicts token i+1: the response's tokens are predicted from width_p - 1 on.
         _, entropy = response_logprobs(
-            model, seq, mask, seq[:, width_p:], first=width_p - 1, temperature=opts.temperature,
-            chunk_size=opts.chunk_size,
+            model, seq, mask, seq[:, width_p:], first=width_p - 1, temperature=sampling.temperature,
+            chunk_size=sampling.chunk_size,
         )  # [B, T]
         for j, i in enumerate(rows):
             by_index[i] = entropy[j, : len(answers[j])].float().cpu()  # [T_i]
@@ -472,7 +479,7 @@ def checkpoints_of(run_dir: str | Path, limit: int | None) -> list[tuple[int, Pa
     return found
 
 
-def overlap_by_step(responses: Responses, base: Scores, opts: EntropyOptions) -> tuple[list[dict], dict[str, np.ndarray]]:
+def overlap_by_step(responses: Responses, base: Scores, opts: EntropyOptions, sampling: EntropySampling) -> tuple[list[dict], dict[str, np.ndarray]]:
     """For every checkpoint: overlap of its top-rho entropy positions with the base's, on the base's tokens.
 
     Returns the rows of overlap.csv (step 0 is the base itself) and ``{"step_N": entropies}`` (each in the
@@ -484,7 +491,7 @@ def overlap_by_step(responses: Responses, base: Scores, opts: EntropyOptions) ->
     ]
     for step, path in checkpoints_of(opts.run_dir_of_training, opts.max_checkpoints):
         model, _ = _load(str(path), opts)
-        scores = score_responses(model, responses, opts, desc=f"entropy (step {step})")
+        scores = score_responses(model, responses, sampling, desc=f"entropy (step {step})")
         del model
         free_memory()
         values[f"step_{step}"] = scores.entropy.numpy()

@@ -2,18 +2,18 @@
 
 What it reproduces: a DAPO-style policy gradient applied ONLY to the top ρ = 20% highest-entropy response
 tokens ("forking" tokens such as "wait", "thus", "suppose") matches or beats training on every token.
-`--grpo.focal_scope batch` (default) takes the top ⌈ρ·N⌉ of all N valid response tokens of the rollout batch,
+`--loss.focal_scope batch` (default) takes the top ⌈ρ·N⌉ of all N valid response tokens of the rollout batch,
 pooled across micro-batches and processes, from the rollout's entropies (the paper's formula);
-`--grpo.focal_scope micro_batch` takes the top ⌈ρ·n⌉ of each micro-batch on each process from the training
+`--loss.focal_scope micro_batch` takes the top ⌈ρ·n⌉ of each micro-batch on each process from the training
 forward's entropy, recomputed at every update (the released code's get_global_entropy_top_mask). Padding never
 counts; KL and entropy terms (both 0 in DAPO) are not masked.
 
 Recipe (DAPO, as the paper's base algorithm): clip-low 0.2 / clip-high 0.28, token-mean loss, no KL, no
 entropy bonus, dynamic sampling (groups whose rewards are all equal are dropped and further prompts sampled
-until the step holds prompts_per_step informative groups, up to grpo.max_refill_rounds extra rounds), several
-optimizer updates per rollout step (grpo.mini_batch_size; the later ones off-policy, where clip-higher acts),
-rollout temperature 1.0, DAPO's soft overlong punishment (grpo.overlong_buffer) or the masking of truncated
-responses (grpo.mask_truncated). Data: DSR-sub (1209 problems) by default, or any file / Hugging Face dataset
+until the step holds prompts_per_step informative groups, up to rollout.max_refill_rounds extra rounds), several
+optimizer updates per rollout step (train.mini_batch_size; the later ones off-policy, where clip-higher acts),
+rollout temperature 1.0, DAPO's soft overlong punishment (rollout.overlong_buffer) or the masking of truncated
+responses (loss.mask_truncated). Data: DSR-sub (1209 problems) by default, or any file / Hugging Face dataset
 with question and answer fields.
 
 The released code's run is the `paper` preset (Qwen3-14B-Base, full fine-tuning, 512 prompts × 16 responses,
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import lightning as L
 
-from reprokit.data import MathDataModule, Validation
+from reprokit.data import MathDataModule, Prompt, Validation
 from reprokit.data.benchmarks import default_data_dirs
 from reprokit.recipes._grpo import grpo_recipe, run_grpo_recipe
 from reprokit.training.grpo import GRPOModule
@@ -54,14 +54,6 @@ class TrainData:
     """Example id field (default: the row index), used for the per-example accuracy file."""
     prompts_per_step: int = 16
     """Prompts per rollout batch; each gets group_size responses."""
-    template: str = "qwen25-math-cot"
-    """Prompt template: qwen25-math-cot, chat, r1, none, or a format string with {question}."""
-    cot_suffix: bool = True
-    """Append the "Let's think step by step ... \\boxed{}" instruction (skipped if already present)."""
-    max_prompt_length: int = 1024
-    """Longest prompt in tokens; longer ones are an error unless drop_long_prompts."""
-    drop_long_prompts: bool = False
-    """Drop prompts longer than max_prompt_length (counted in a warning) instead of stopping."""
 
 
 def default_train_path(data: TrainData) -> str:
@@ -91,20 +83,10 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, GRPOModule]:
     return run_grpo_recipe(RECIPE, _train_data, argv)
 
 
-def _train_data(tokenizer, data: TrainData, seed: int, validation: Validation | None) -> MathDataModule:
+def _train_data(tokenizer, data: TrainData, prompt: Prompt, seed: int, validation: Validation | None) -> MathDataModule:
     return MathDataModule(
-        tokenizer,
-        path=default_train_path(data),
-        skip_invalid=data.skip_invalid,
-        question_field=data.question_field,
-        answer_field=data.answer_field,
-        id_field=data.id_field,
-        batch_size=data.prompts_per_step,
-        template=data.template,
-        cot_suffix=data.cot_suffix,
-        max_prompt_length=data.max_prompt_length,
-        drop_long_prompts=data.drop_long_prompts,
-        seed=seed,
+        tokenizer, path=default_train_path(data), skip_invalid=data.skip_invalid, question_field=data.question_field,
+        answer_field=data.answer_field, id_field=data.id_field, batch_size=data.prompts_per_step, prompt=prompt, seed=seed,
         validation=validation,
     )
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import lightning as L
 
-from reprokit.data import OneShotDataModule, Validation
+from reprokit.data import OneShotDataModule, Prompt, Validation
 from reprokit.recipes._grpo import grpo_recipe, run_grpo_recipe
 from reprokit.training.grpo import GRPOModule
 
@@ -41,7 +41,7 @@ class OneShotData:
 
     examples: str = "pi1"
     """Embedded example names (pi1, pi2, pi13, pi1209; comma list such as pi1,pi13), a registered example set
-    (world:train-00136), or a data file path."""
+    (world:train-00136, word_problems:train-00012), or a data file path."""
     label: str = "dataset"
     """π1's label: dataset (12.8, as the paper trains) or true (12.7; the paper reports the same results)."""
     question_field: str = "question"
@@ -50,12 +50,6 @@ class OneShotData:
     """Answer field of a user data file."""
     prompts_per_step: int = 16
     """Copies of the example(s) per rollout batch; each copy is one GRPO group of group_size responses."""
-    template: str = "qwen25-math-cot"
-    """Prompt template: qwen25-math-cot, chat, r1, none, or a format string with {question}."""
-    cot_suffix: bool = True
-    """Append " Let's think step by step and output the final answer within \\boxed{}." as the paper does."""
-    max_prompt_length: int = 1024
-    """Longest prompt in tokens; a longer one is an error naming the example."""
 
 
 RECIPE = grpo_recipe("one_shot", __doc__.split("\n\n")[0], OneShotData)
@@ -71,19 +65,10 @@ def run(argv: list[str] | None = None) -> tuple[dict, L.Trainer, GRPOModule]:
     return run_grpo_recipe(RECIPE, _train_data, argv)
 
 
-def _train_data(tokenizer, data: OneShotData, seed: int, validation: Validation | None) -> OneShotDataModule:
+def _train_data(tokenizer, data: OneShotData, prompt: Prompt, seed: int, validation: Validation | None) -> OneShotDataModule:
     return OneShotDataModule(
-        tokenizer,
-        examples=data.examples,
-        label=data.label,
-        question_field=data.question_field,
-        answer_field=data.answer_field,
-        batch_size=data.prompts_per_step,
-        template=data.template,
-        cot_suffix=data.cot_suffix,
-        max_prompt_length=data.max_prompt_length,
-        seed=seed,
-        validation=validation,
+        tokenizer, examples=data.examples, label=data.label, question_field=data.question_field,
+        answer_field=data.answer_field, batch_size=data.prompts_per_step, prompt=prompt, seed=seed, validation=validation,
     )
 
 

@@ -46,8 +46,7 @@ from typing import Literal
 import torch
 
 from reprokit.cli import Recipe, gpu_preset, parse
-from reprokit.data import DataError, Example, load_benchmark, read_examples
-from reprokit.data.templates import PROMPT_TEMPLATES
+from reprokit.data import DataError, Example, Prompt, load_benchmark, read_examples
 from reprokit.evaluation import (
     Sample,
     correctness_by_problem,
@@ -118,24 +117,12 @@ class EvalData:
     """Folder laid out like shared/data (else $REPROKIT_DATA_DIR, else the Hugging Face Hub)."""
     limit: int | None = None
     """Problems per benchmark (None = all)."""
-    template: str = "qwen25-math-cot"
-    """Prompt template, as in training: qwen25-math-cot, chat, r1, none, or a format string with {question}
-    (the CPU world: "{question}\\n", written in YAML)."""
-    cot_suffix: bool = True
-    """Append " Let's think step by step and output the final answer within \\boxed{}." (false for the CPU world)."""
-    max_prompt_length: int = 2048
-    """Longest prompt in tokens; a longer one is an error naming the problem."""
 
     def __post_init__(self):
         if not self.benchmarks and not self.path:
             raise ValueError("data.benchmarks is empty and data.path is unset: name a benchmark or a data file")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit={self.limit}: give a positive number of problems, or null for all")
-        if self.template not in PROMPT_TEMPLATES and "{question}" not in self.template:
-            raise ValueError(
-                f"data.template={self.template!r}: use one of {', '.join(PROMPT_TEMPLATES)} or a format string "
-                "containing {question}"
-            )
 
 
 @dataclass
@@ -177,7 +164,7 @@ class Sampling:
                 raise ValueError(message)
 
 
-SECTIONS = {"run": EvalRun, "eval": EvalModels, "data": EvalData, "sampling": Sampling}
+SECTIONS = {"run": EvalRun, "eval": EvalModels, "data": EvalData, "prompt": Prompt, "sampling": Sampling}
 RECIPE = Recipe(
     name="pass_at_k",
     description=(
@@ -204,13 +191,13 @@ def run(argv: list[str] | None = None) -> dict:
     run_cfg: EvalRun = parsed.section("run")
     models_cfg: EvalModels = parsed.section("eval")
     data: EvalData = parsed.section("data")
+    prompt: Prompt = parsed.section("prompt")
     sampling: Sampling = parsed.section("sampling")
     models = parse_models(models_cfg.models)
     base = models_cfg.base_model or next(iter(models))
     if base not in models:
         raise SystemExit(f"eval.base_model={base!r} is not one of the model names {', '.join(models)}")
     run_dir = Path(run_cfg.run_dir)
-    progress = run_cfg.progress_bar
     device = None if run_cfg.device == "auto" else run_cfg.device
 
     def load(name: str):
@@ -219,68 +206,91 @@ def run(argv: list[str] | None = None) -> dict:
 
     benchmarks = load_eval_problems(data)
     problems = [ex for examples in benchmarks.values() for ex in examples]
-    reward_fn = get_reward(sampling.reward)
     samples_path = run_dir / "samples.jsonl"
-    samples = read_samples(samples_path, repair=True)
-    _check_settings(run_dir, models, data, sampling, sampled={s.model for s in samples}, regrade=run_cfg.regrade)
+    sampled = {s.model for s in read_samples(samples_path, repair=True)}
+    _check_settings(run_dir, models, prompt, sampling, sampled=sampled, regrade=run_cfg.regrade)
     config_path = parsed.save(run_dir)
     print(f"[reprokit] run directory {run_dir} (config saved to {config_path})")
     print(
         f"[reprokit] {len(problems)} problems ({', '.join(f'{b}: {len(e)}' for b, e in benchmarks.items())}), "
         f"{len(models)} models, n = {sampling.n}, T = {sampling.temperature}, top-p = {sampling.top_p}"
     )
-
     # 1. Sample what samples.jsonl lacks (or regrade it), one model in memory at a time.
-    generated = {name: 0 for name in models}
-    scorer = None  # the base model, kept after sampling when perplexity needs it
     if run_cfg.regrade:
-        counts = regrade_samples(samples_path, {ex.id: ex for ex in problems}, reward_fn, progress=progress)
-        print(f"[reprokit] regraded {counts['regraded']} responses with {sampling.reward!r}: {counts['changed']} changed")
-        if counts["unknown"]:
-            print(f"[reprokit] {counts['unknown']} responses belong to problems not loaded now; their grades are kept")
+        generated, scorer = _regrade(samples_path, problems, sampling, run_cfg.progress_bar), None
     else:
-        existing = {s.key for s in samples}
-        # The base goes last so that it is still loaded when the perplexity scoring starts.
-        for name in sorted(models, key=lambda m: m == base):
-            missing = sum(1 for ex in problems for i in range(sampling.n) if (name, ex.id, i) not in existing)
-            if not missing:
-                print(f"[reprokit] {name}: all {sampling.n} responses of every problem are in {samples_path.name}")
-                continue
-            print(f"[reprokit] {name}: loading {models[name]} to sample {missing} responses")
-            model, tokenizer = load(name)
-            report = sample_to_jsonl(
-                model,
-                tokenizer,
-                problems,
-                samples_path,
-                model_name=name,
-                n=sampling.n,
-                reward_fn=reward_fn,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_new_tokens=sampling.max_new_tokens,
-                batch_problems=sampling.batch_problems,
-                max_batch_sequences=sampling.max_batch_sequences,
-                template=data.template,
-                cot_suffix=data.cot_suffix,
-                max_prompt_length=data.max_prompt_length,
-                seed=run_cfg.seed,
-                existing=existing,
-                progress=progress,
-            )
-            generated[name] = report.generated
-            print(
-                f"[reprokit] {name}: {report.generated} responses in {report.seconds:.1f} s "
-                f"({report.generated / max(report.seconds, 1e-9):.1f} samples/s, {report.tokens} tokens)"
-            )
-            if name == base and sampling.ppl_samples:
-                scorer = (model, tokenizer)
-            else:
-                del model, tokenizer
-                free_memory()
+        generated, scorer = _sample_missing(samples_path, problems, models, base, load, prompt, sampling, run_cfg)
     samples = read_samples(samples_path)
-
     # 2. Per benchmark and model: rewards per problem -> pass@k, accuracy histogram, solved set at k = n.
+    pass_at_k, histograms, overlap = _analyses(samples, benchmarks, models, base, sampling)
+    # 3. Perplexity under the base model of each model's responses.
+    perplexity = None
+    if sampling.ppl_samples:
+        perplexity = _perplexities(
+            run_dir, samples, benchmarks, models, base, scorer=scorer, load=load, prompt=prompt, sampling=sampling,
+            progress=run_cfg.progress_bar,
+        )
+    del scorer
+    free_memory()
+    # 4. Tables and figures.
+    files = _write_outputs(run_dir, benchmarks, base, pass_at_k, histograms, overlap, perplexity)
+    summary = {
+        "run_dir": str(run_dir), "models": models, "base_model": base,
+        "problems": {bench: len(examples) for bench, examples in benchmarks.items()},
+        "generated": generated, "samples": len(samples), "pass_at_k": pass_at_k, "overlap": overlap,
+        "perplexity_median": None if perplexity is None else {
+            b: {m: stats["median"] for m, stats in by.items()} for b, by in perplexity["benchmarks"].items()
+        },
+        "files": files,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _report(pass_at_k, overlap, perplexity, base, run_dir)
+    return summary
+
+
+def _regrade(samples_path: Path, problems: list[Example], sampling: Sampling, progress: bool) -> dict[str, int]:
+    counts = regrade_samples(samples_path, {ex.id: ex for ex in problems}, get_reward(sampling.reward), progress=progress)
+    print(f"[reprokit] regraded {counts['regraded']} responses with {sampling.reward!r}: {counts['changed']} changed")
+    if counts["unknown"]:
+        print(f"[reprokit] {counts['unknown']} responses belong to problems not loaded now; their grades are kept")
+    return {}
+
+
+def _sample_missing(samples_path, problems, models, base, load, prompt: Prompt, sampling: Sampling, run_cfg: EvalRun):
+    """Sample the responses the file lacks, model by model; returns the counts generated and the base model, kept
+    loaded (last) when the perplexity scoring needs it."""
+    existing = {s.key for s in read_samples(samples_path, repair=True)}
+    generated = {name: 0 for name in models}
+    scorer = None
+    for name in sorted(models, key=lambda m: m == base):  # the base last: still loaded for the perplexity scoring
+        missing = sum(1 for ex in problems for i in range(sampling.n) if (name, ex.id, i) not in existing)
+        if not missing:
+            print(f"[reprokit] {name}: all {sampling.n} responses of every problem are in {samples_path.name}")
+            continue
+        print(f"[reprokit] {name}: loading {models[name]} to sample {missing} responses")
+        model, tokenizer = load(name)
+        report = sample_to_jsonl(
+            model, tokenizer, problems, samples_path, model_name=name, n=sampling.n,
+            reward_fn=get_reward(sampling.reward), temperature=sampling.temperature, top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens, batch_problems=sampling.batch_problems,
+            max_batch_sequences=sampling.max_batch_sequences, template=prompt.template, cot_suffix=prompt.cot_suffix,
+            max_prompt_length=prompt.max_prompt_length, seed=run_cfg.seed, existing=existing,
+            progress=run_cfg.progress_bar,
+        )
+        generated[name] = report.generated
+        print(
+            f"[reprokit] {name}: {report.generated} responses in {report.seconds:.1f} s "
+            f"({report.generated / max(report.seconds, 1e-9):.1f} samples/s, {report.tokens} tokens)"
+        )
+        if name == base and sampling.ppl_samples:
+            scorer = (model, tokenizer)
+        else:
+            del model, tokenizer
+            free_memory()
+    return generated, scorer
+
+
+def _analyses(samples, benchmarks, models, base, sampling: Sampling):
     pass_at_k, histograms, overlap = {}, {}, {}
     for bench, examples in benchmarks.items():
         rewards = {
@@ -300,36 +310,7 @@ def run(argv: list[str] | None = None) -> dict:
             for name in models
             if name != base
         }
-
-    # 3. Perplexity under the base model of each model's responses.
-    perplexity = None
-    if sampling.ppl_samples:
-        perplexity = _perplexities(
-            run_dir, samples, benchmarks, models, base, scorer=scorer, load=load, data=data, sampling=sampling,
-            progress=progress,
-        )
-    del scorer
-    free_memory()
-
-    # 4. Tables and figures.
-    files = _write_outputs(run_dir, benchmarks, base, pass_at_k, histograms, overlap, perplexity)
-    summary = {
-        "run_dir": str(run_dir),
-        "models": models,
-        "base_model": base,
-        "problems": {bench: len(examples) for bench, examples in benchmarks.items()},
-        "generated": generated,
-        "samples": len(samples),
-        "pass_at_k": pass_at_k,
-        "overlap": overlap,
-        "perplexity_median": None if perplexity is None else {
-            b: {m: stats["median"] for m, stats in by.items()} for b, by in perplexity["benchmarks"].items()
-        },
-        "files": files,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _report(pass_at_k, overlap, perplexity, base, run_dir)
-    return summary
+    return pass_at_k, histograms, overlap
 
 
 # ---------------------------------------------------------------------------------------------- problems and settings
@@ -362,7 +343,7 @@ def load_eval_problems(data: EvalData) -> dict[str, list[Example]]:
 
 
 def _check_settings(
-    run_dir: Path, models: dict[str, str], data: EvalData, sampling: Sampling, *, sampled: set[str], regrade: bool
+    run_dir: Path, models: dict[str, str], prompt: Prompt, sampling: Sampling, *, sampled: set[str], regrade: bool
 ) -> None:
     """Responses in one samples.jsonl must come from one setting: refuse to mix, and say how to proceed.
 
@@ -373,8 +354,8 @@ def _check_settings(
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_new_tokens": sampling.max_new_tokens,
-        "template": data.template,
-        "cot_suffix": data.cot_suffix,
+        "template": prompt.template,
+        "cot_suffix": prompt.cot_suffix,
         "reward": sampling.reward,
     }
     saved = json.loads(path.read_text()) if path.is_file() else {}
@@ -450,7 +431,7 @@ def _pass_at_k(table: dict[str, list[float]]) -> dict[int, float]:
     return {k: float(mean[j]) for j, k in enumerate(ks)}
 
 
-def _perplexities(run_dir, samples, benchmarks, models, base, *, scorer, load, data, sampling, progress) -> dict:
+def _perplexities(run_dir, samples, benchmarks, models, base, *, scorer, load, prompt, sampling, progress) -> dict:
     """PPL_base of the first ppl_samples responses per problem and model; cached per response in a JSONL.
 
     ``scorer``: the base's (model, tokenizer) if it is still loaded, else None and ``load(base)`` loads it.
@@ -478,7 +459,7 @@ def _perplexities(run_dir, samples, benchmarks, models, base, *, scorer, load, d
             scorer = load(base)
         model, tokenizer = scorer
         prompts, add_special = render_prompts(
-            [examples[s.problem_id] for s in todo], tokenizer, template=data.template, cot_suffix=data.cot_suffix
+            [examples[s.problem_id] for s in todo], tokenizer, template=prompt.template, cot_suffix=prompt.cot_suffix
         )
         values = response_perplexity(
             model, tokenizer, prompts, [s.text for s in todo], add_special_tokens=add_special,

@@ -17,14 +17,15 @@ r 16 on a full-precision base; 20 steps of 4 prompts x 8 responses; responses cu
 about 21; the base goes on with questions of its own, so the reward reads the first box).
 
 Outputs in --run_dir: findings.json, findings.md, pass_at_k.png, entropy.png, and each run's folder.
-`--quick` (the `quick` preset) is the CI-sized smoke run: one step on 2 problems.
+`--quick` (the `quick` preset) is the CI-sized smoke run: one step on 2 problems. Each job's result is saved in
+results/ as it ends, so a study stopped midway and run again redoes only the jobs that had not finished.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import tempfile
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -35,11 +36,11 @@ import yaml
 
 from reprokit import plots
 from reprokit.algorithms import response_logprobs
-from reprokit.cli import PRESETS_DIR, Recipe, parse
+from reprokit.cli import PRESETS_DIR, Recipe, parse, preset_values
 from reprokit.domains import word_problems as domain
 from reprokit.evaluation import load_model_spec
 from reprokit.evaluation.grading import sample_and_grade
-from reprokit.metrics.functional import bootstrap_interval, high_entropy_overlap, mean_pass_at_k, powers_of_two
+from reprokit.metrics.functional import bootstrap_interval, entropy_stats, high_entropy_overlap, mean_pass_at_k, powers_of_two
 from reprokit.policy import eos_token_ids
 from reprokit.recipes.select_examples import rank_examples
 from reprokit.sampling import seeded_generator
@@ -132,14 +133,28 @@ def _one_thread() -> None:
 
 # ------------------------------------------------------------------ one job, in a worker process
 def run_job(job: dict, values: dict, run_dir: str) -> dict:
-    study = RealStudy(**values)
+    """One job's result, saved as it ends: a study run again into the same folder redoes only unfinished jobs."""
+    saved = Path(run_dir) / "results" / f"{_job_name(job)}.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    result = _run_job(job, RealStudy(**values), Path(run_dir))
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(result))
+    return result
+
+
+def _job_name(job: dict) -> str:
+    return job["kind"] if job["kind"] != "one_shot" else f"one_shot-{job['example']}-seed{job['seed']}"
+
+
+def _run_job(job: dict, study: RealStudy, run_dir: Path) -> dict:
     started = time.perf_counter()
     kind = job["kind"]
     if kind == "base":
         name, spec = "base", BASE
     else:
         name = "full-data GRPO" if kind == "full" else f"1-shot {job['setting']}, seed {job['seed']}"
-        spec = str(_train(job, study, Path(run_dir)))
+        spec = str(_train(job, study, run_dir))
     model, tokenizer = load_model_spec(spec, device="cpu")
     test = domain.benchmark("word_problems", study.eval_problems)
     evaluated = _evaluate(model, tokenizer, test, study.eval_n, study, entropy=True)
@@ -165,29 +180,41 @@ BASE = "gemma-3-270m"
 
 
 def _train(job: dict, study: RealStudy, run_dir: Path) -> Path:
-    """One GRPO run through the real entry point, from the study's preset; returns its run folder."""
+    """One GRPO run through the real entry point, from the study's preset; returns its run folder. A run stopped
+    after a checkpoint resumes from it; one stopped before its first starts again."""
     from reprokit.recipes import focal_tokens, one_shot
 
-    common = ["--max_steps", str(study.steps), "--eval.benchmarks", "[]", "--run.progress_bar", "false"]
-    if job["kind"] == "one_shot":
-        out = run_dir / f"one_shot-{job['example']}-seed{job['seed']}"
-        one_shot.run(["--preset", study.one_shot_preset, "--data.examples", f"word_problems:{job['example']}",
-                      "--run.seed", str(job["seed"]), "--run_dir", str(out), *common])
+    recipe = one_shot if job["kind"] == "one_shot" else focal_tokens
+    out = run_dir / (_job_name(job) if job["kind"] == "one_shot" else "full-data")
+    common = ["--max_steps", str(study.steps), "--run.progress_bar", "false"]
+    if (out / "checkpoints" / "last.ckpt").is_file():
+        recipe.run(["--run_dir", str(out), "--resume", *common])
         return out
-    out = run_dir / "full-data"
+    shutil.rmtree(out, ignore_errors=True)
+    common += ["--eval.benchmarks", "[]", "--run_dir", str(out)]
+    if job["kind"] == "one_shot":
+        one_shot.run(["--preset", study.one_shot_preset, "--data.examples", f"word_problems:{job['example']}",
+                      "--run.seed", str(job["seed"]), *common])
+        return out
     preset = _preset(study)
     data = preset.pop("data")
+    train = run_dir / "full-data-train.jsonl"  # the first full_problems train problems, as a data file
     problems = domain.make_problems()["train"][: study.full_problems]
-    with tempfile.TemporaryDirectory() as tmp:
-        train = Path(tmp) / "train.jsonl"
-        train.write_text("".join(json.dumps({"id": p.id, "question": p.question, "answer": str(p.answer)}) + "\n" for p in problems))
-        preset["data"] = {k: v for k, v in data.items() if k not in ("examples", "label")} | {
-            "path": str(train), "question_field": "question", "answer_field": "answer", "id_field": "id",
-        }
-        config = Path(tmp) / "full.yaml"
-        config.write_text(yaml.safe_dump(preset))
-        focal_tokens.run(["--config", str(config), "--run.seed", "0", "--run_dir", str(out), *common])
+    train.write_text("".join(json.dumps({"id": p.id, "question": p.question, "answer": str(p.answer)}) + "\n" for p in problems))
+    preset["data"] = {k: v for k, v in data.items() if k not in ("examples", "label")} | {
+        "path": str(train), "question_field": "question", "answer_field": "answer", "id_field": "id",
+    }
+    config = run_dir / "full-data.yaml"
+    config.write_text(yaml.safe_dump(preset))
+    focal_tokens.run(["--config", str(config), "--run.seed", "0", *common])
     return out
+
+
+def _setting(study: RealStudy, key: str):
+    """One setting of the study's preset as the one_shot recipe resolves it (its default where the preset is silent)."""
+    from reprokit.recipes import one_shot
+
+    return preset_values(one_shot.RECIPE, study.one_shot_preset)[key]
 
 
 def _preset(study: RealStudy) -> dict:
@@ -201,7 +228,7 @@ def _evaluate(model, tokenizer, problems, n: int, study: RealStudy, *, entropy: 
     entropy of the responses (a forward pass over them all)."""
     model.eval()
     prompts = [domain.TEMPLATE.replace("{question}", ex.question) for ex in problems]
-    max_new = _preset(study)["grpo"]["max_new_tokens"]
+    max_new = _setting(study, "rollout.max_new_tokens")
     per_call = max(1, 64 // n)
     correct, boxed, responses = [], [], []
     for begin in range(0, len(prompts), per_call):
@@ -228,7 +255,7 @@ def _evaluate(model, tokenizer, problems, n: int, study: RealStudy, *, entropy: 
 
 
 def _temperature(study: RealStudy) -> float:
-    return float(_preset(study)["grpo"]["temperature"])
+    return float(_setting(study, "rollout.temperature"))
 
 
 def _pass(n: int, c: int, k: int) -> float:
@@ -237,22 +264,20 @@ def _pass(n: int, c: int, k: int) -> float:
 
 def _entropies(model, comps, study: RealStudy) -> tuple[torch.Tensor, torch.Tensor]:
     """Each response token's entropy at the rollout temperature under ``model`` (NaN past a response's end)."""
-    sequences = torch.cat([comps.prompt_ids, comps.completion_ids], 1)
-    attention = torch.cat([comps.prompt_mask, comps.completion_mask], 1)
+    sequences = torch.cat([comps.prompt_ids, comps.response_ids], 1)
+    attention = torch.cat([comps.prompt_mask, comps.response_mask], 1)
     _, entropy = response_logprobs(
-        model, sequences, attention, comps.completion_ids, first=comps.prompt_ids.shape[1] - 1,
-        temperature=_temperature(study), chunk_size=_preset(study)["grpo"].get("logprob_chunk_size", 1024),
+        model, sequences, attention, comps.response_ids, first=comps.prompt_ids.shape[1] - 1,
+        temperature=_temperature(study), chunk_size=_setting(study, "train.logprob_chunk_size"),
     )
-    mask = comps.completion_mask.bool()
+    mask = comps.response_mask.bool()
     return torch.where(mask, entropy.float(), torch.nan), mask
 
 
 def _entropy_summary(values: torch.Tensor) -> dict:
-    return {
-        "tokens": int(values.numel()), "mean": float(values.mean()),
-        "share below 0.01": float((values < 0.01).float().mean()),
-        "p50": float(values.quantile(0.5)), "p80": float(values.quantile(0.8)),
-    }
+    stats = entropy_stats(values, qs=(0.5, 0.8))
+    return {"tokens": int(values.numel()), "mean": float(stats["mean"]), "share below 0.01": float(stats["frac_low"]),
+            "p50": float(stats["p50"]), "p80": float(stats["p80"])}
 
 
 # ------------------------------------------------------------------ findings

@@ -14,7 +14,7 @@ filter.
 
 Input: ``--acc_file`` maps an example index to its list of per-epoch accuracies, as JSON; the paper's
 file and the ``example_accuracy.json`` that a GRPO run writes to its run directory
-(``GRPOConfig.accuracy_file``) are both in this format, so you can rank your own data the same way.
+(``<run_dir>/example_accuracy.json``) are both in this format, so you can rank your own data the same way.
 Output in ``--run_dir``: ``ranking.csv`` (columns rank, index, score), ``ranking.png`` (the top
 scores), and the top of the ranking printed. With ``--data`` (the training file the indices refer to)
 it also writes ``top_examples.jsonl``: the rows of the ``--write_top`` best-ranked examples, unchanged,

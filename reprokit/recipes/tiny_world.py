@@ -33,8 +33,9 @@ import math
 import random
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -43,7 +44,7 @@ import torch
 from reprokit import plots, registry
 from reprokit.algorithms import response_logprobs
 from reprokit.cli import Recipe, parse
-from reprokit.data import MathDataModule, OneShotDataModule
+from reprokit.data import MathDataModule, OneShotDataModule, Prompt
 from reprokit.evaluation.grading import sample_and_grade
 from reprokit.metrics.functional import bootstrap_interval, mean_pass_at_k, pass_at_k, powers_of_two
 from reprokit.policy import ModelConfig, eos_token_ids, load_base_model, load_policy
@@ -66,6 +67,7 @@ from reprokit.worlds.task import make_problem, parse_question, render_prompt, sa
 from reprokit.worlds.task import reward as task_reward
 from reprokit.worlds.teacher import blind_spot_facts
 
+WORLD_PROMPT = Prompt(template=PROMPT_FORMAT, cot_suffix=False)
 ABLATIONS = {
     "mode-only reward": dict(reward="world_mode"),
     "entropy only": dict(reward="zero"),
@@ -82,7 +84,7 @@ OFF_POLICY_ABLATIONS = {
 
 @dataclass
 class StudyConfig:
-    """The study's worlds, runs and evaluation budget (docs/cpu_worlds.md fixed them before the runs)."""
+    """Which worlds and runs the study has (the `study` section; docs/cpu_worlds.md fixed them before the runs)."""
 
     run_dir: str = "runs/tiny_world"
     """Where findings.json, findings.md, the plots and each training's logs go."""
@@ -96,6 +98,20 @@ class StudyConfig:
     """Seeds of every 1-shot setting."""
     random_examples: int = 4
     """Random train examples per world (each with every seed in main_world, seed 0 elsewhere)."""
+    one_shot_settings: list[str] | None = None
+    """Run only these 1-shot settings (variance rule, random examples, an ablation's name, or one of the off-policy
+    ablations of docs/cpu_worlds.md's addendum); None = the study's own: the variance rule, random examples and
+    the four ablations."""
+    workers: int = 2
+    """Runs trained at once, each in its own process on one CPU thread."""
+    seed: int = 0
+    """Seed of the random examples and of every evaluation's sampling."""
+
+
+@dataclass
+class StudyTraining:
+    """How every run trains (the `training` section)."""
+
     one_shot_steps: int = 40
     """GRPO updates of a 1-shot run."""
     full_steps: int = 60
@@ -112,6 +128,18 @@ class StudyConfig:
     """LoRA rank of every RL and LoRA-SFT run."""
     temperature: float = 1.0
     """Rollout and evaluation temperature."""
+    distill_traces: int = 4000
+    """Fresh teacher traces of the distillation runs (each seen once)."""
+    distill_batch: int = 32
+    """Sequences per SFT step (traces / batch = the SFT and same-compute GRPO steps)."""
+    distill_lr: float = 1e-3
+    """SFT learning rate (full fine-tuning and LoRA)."""
+
+
+@dataclass
+class StudyEvaluation:
+    """What every evaluation samples (the `evaluation` section)."""
+
     curve_every: int = 10
     """Evaluate the test curves every N steps."""
     curve_problems: int = 100
@@ -130,28 +158,31 @@ class StudyConfig:
     """Samples per problem of the control world's pass@k comparison (base, full-data GRPO, focal tokens)."""
     control_problems: int = 100
     """Test problems of that comparison."""
-    distill_traces: int = 4000
-    """Fresh teacher traces of the distillation runs (each seen once)."""
-    distill_batch: int = 32
-    """Sequences per SFT step (traces / batch = the SFT and same-compute GRPO steps)."""
-    distill_lr: float = 1e-3
-    """SFT learning rate (full fine-tuning and LoRA)."""
     bootstrap: int = 1000
     """Bootstrap resamples of every interval."""
-    one_shot_settings: list[str] | None = None
-    """Run only these 1-shot settings (variance rule, random examples, an ablation's name, or one of the off-policy
-    ablations of docs/cpu_worlds.md's addendum); None = the study's own: the variance rule, random examples and
-    the four ablations."""
-    workers: int = 2
-    """Runs trained at once, each in its own process on one CPU thread."""
-    seed: int = 0
-    """Seed of the random examples and of every evaluation's sampling."""
+
+
+Study = SimpleNamespace
+"""The three sections' settings in one namespace (no name repeats), as every job reads them."""
+SECTIONS = {"study": StudyConfig, "training": StudyTraining, "evaluation": StudyEvaluation}
+
+
+def study_of(**values) -> Study:
+    """A study from settings by name (any of the sections'), the defaults for the rest."""
+    merged = {}
+    for cls in SECTIONS.values():
+        names = {f.name for f in fields(cls)}
+        merged.update(asdict(cls(**{k: v for k, v in values.items() if k in names})))
+    unknown = set(values) - set(merged)
+    if unknown:
+        raise TypeError(f"no study setting {sorted(unknown)}")
+    return Study(**merged)
 
 
 RECIPE = Recipe(
     name="tiny_world",
     description=__doc__.split("\n\n")[0],
-    sections={"study": StudyConfig},
+    sections=SECTIONS,
     run_dir_key="study.run_dir",
     aliases={"--quick": ["--preset", "quick"]},
     registry_sections=False,
@@ -165,13 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
     """
     parsed = parse(RECIPE, argv)
     parsed.print_notes()
-    study: StudyConfig = parsed.section("study")
+    study = study_of(**{k: v for name in SECTIONS for k, v in asdict(parsed.section(name)).items()})
     run_dir = Path(study.run_dir)
     parsed.save(run_dir)
     return run_study(study, run_dir)
 
 
-def run_study(study: StudyConfig, run_dir: Path) -> dict:
+def run_study(study: Study, run_dir: Path) -> dict:
     unknown = [w for w in study.worlds if w not in WORLDS]
     if unknown:
         raise SystemExit(f"--study.worlds: unknown world(s) {unknown}; the worlds are {', '.join(WORLDS)}")
@@ -209,7 +240,7 @@ def _key(job: dict) -> tuple:
     return (job["kind"], job["world"], job["setting"], job["seed"])
 
 
-def _one_shot_jobs(world: str, variance_example: str | None, study: StudyConfig) -> list[dict]:
+def _one_shot_jobs(world: str, variance_example: str | None, study: Study) -> list[dict]:
     """A world's 1-shot runs: the variance-rule example (from its full-data run), random train examples drawn from
     the seed, and the ablations on the variance-rule example."""
     rng = random.Random(f"{study.seed}-{world}")
@@ -227,7 +258,7 @@ def _one_shot_jobs(world: str, variance_example: str | None, study: StudyConfig)
     return [j for j in jobs if j["setting"] in wanted or (j["setting"].startswith("random example") and "random examples" in wanted)]
 
 
-def _cost(job: dict, study: StudyConfig) -> float:
+def _cost(job: dict, study: Study) -> float:
     """A job's rough cost in sampled responses (a trained response costs about two evaluation samples): the queue
     starts the longest ready job first, so that no long job runs alone at the end."""
     evals = study.eval_problems * study.eval_n
@@ -251,7 +282,7 @@ def _cost(job: dict, study: StudyConfig) -> float:
     return 2 * study.distill_traces + evals  # sft
 
 
-def _run_all(pool, jobs: list[dict], study: StudyConfig, run_dir: Path) -> dict:
+def _run_all(pool, jobs: list[dict], study: Study, run_dir: Path) -> dict:
     """Run ``jobs`` and the 1-shot runs that each world's full-data run makes ready, ``study.workers`` at a time,
     the longest ready job first. Returns every result by :func:`_key`."""
     ready = list(jobs)
@@ -262,7 +293,7 @@ def _run_all(pool, jobs: list[dict], study: StudyConfig, run_dir: Path) -> dict:
         ready.sort(key=lambda j: _cost(j, study))
         while ready and len(running) < study.workers:
             job = ready.pop()
-            running[pool.submit(run_job, job, asdict(study), str(run_dir))] = job
+            running[pool.submit(run_job, job, vars(study), str(run_dir))] = job
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in finished:
             job = running.pop(future)
@@ -291,7 +322,7 @@ def _worker_init() -> None:
 # ------------------------------------------------------------------ one job, in a worker process
 def run_job(job: dict, study_values: dict, run_dir: str) -> dict:
     """Train and evaluate one run; everything it returns is plain data (the parent builds the findings)."""
-    study = StudyConfig(**study_values)
+    study = Study(**study_values)
     world = WORLDS[job["world"]]
     registry.configure("world", world)  # the world's names (reward, mode) read it
     started = time.perf_counter()
@@ -312,7 +343,7 @@ def run_job(job: dict, study_values: dict, run_dir: str) -> dict:
     elif kind in ("full", "focal"):
         overrides = dict(kl_coef=0.0, entropy_coef=0.0)
         if kind == "focal":
-            overrides.update(epsilon_high=0.28, top_entropy_quantile=0.2)
+            overrides.update(epsilon_high=0.28, focal_fraction=0.2)
         model, tokenizer, curves = _grpo(world, study, out_dir, job["seed"], study.full_steps, None, **overrides)
         result.update(curves=curves, eval=evaluate(model, tokenizer, world, test, study.eval_n, study))
         if kind == "full":
@@ -343,7 +374,7 @@ def run_job(job: dict, study_values: dict, run_dir: str) -> dict:
     return result
 
 
-def _load(world: WorldConfig, study: StudyConfig, *, lora: bool, full_finetune: bool = False):
+def _load(world: WorldConfig, study: Study, *, lora: bool, full_finetune: bool = False):
     """The world's base: with LoRA adapters (the only trainable weights), or plain (every weight trainable when
     ``full_finetune``, else frozen)."""
     cfg = ModelConfig(
@@ -358,23 +389,23 @@ def _load(world: WorldConfig, study: StudyConfig, *, lora: bool, full_finetune: 
     return model, tokenizer
 
 
-def _grpo_config(world: WorldConfig, study: StudyConfig, **overrides) -> GRPOConfig:
+def _grpo_config(world: WorldConfig, study: Study, **overrides) -> GRPOConfig:
     values = dict(
         group_size=study.group_size, temperature=study.temperature,
         max_new_tokens=max_response_chars(world.max_steps, world.modulus) + 8,
         micro_batch_size=study.prompts_per_step * study.group_size, lr=study.lr, weight_decay=0.0,
-        reward="world", val_reward="world", response_stats="reprokit.worlds.names:behaviours",
+        reward="world", eval_reward="world", response_stats="reprokit.worlds.names:behaviours",
         log_completions_every=0,
     )
     values.update(overrides)
-    return GRPOConfig(**values)
+    return GRPOConfig.of(**values)
 
 
-def _grpo(world, study: StudyConfig, out: Path, seed: int, steps: int, example: str | None, **overrides):
+def _grpo(world, study: Study, out: Path, seed: int, steps: int, example: str | None, **overrides):
     """A GRPO run of ``steps`` updates: on one train example (copied to fill the batch) or on the first
     full_problems train problems; returns the trained model, its tokenizer and its curves."""
     model, tokenizer = _load(world, study, lora=True)
-    cfg = _grpo_config(world, study, accuracy_file=str(out / "example_accuracy.json") if example is None else None, **overrides)
+    cfg = _grpo_config(world, study, **overrides)
     if example is None:
         path = out / "train.jsonl"
         out.mkdir(parents=True, exist_ok=True)
@@ -382,12 +413,11 @@ def _grpo(world, study: StudyConfig, out: Path, seed: int, steps: int, example: 
         path.write_text("".join(json.dumps({"id": p.id, "question": p.question, "answer": p.answer}) + "\n" for p in rows))
         data = MathDataModule(
             tokenizer, path=str(path), question_field="question", answer_field="answer", id_field="id",
-            batch_size=study.prompts_per_step, template=PROMPT_FORMAT, cot_suffix=False, seed=seed,
+            batch_size=study.prompts_per_step, prompt=WORLD_PROMPT, seed=seed,
         )
     else:
         data = OneShotDataModule(
-            tokenizer, examples=f"world:{example}", batch_size=study.prompts_per_step, template=PROMPT_FORMAT,
-            cot_suffix=False, seed=seed,
+            tokenizer, examples=f"world:{example}", batch_size=study.prompts_per_step, prompt=WORLD_PROMPT, seed=seed,
         )
     module = GRPOModule(model, tokenizer, cfg, run_dir=str(out), seed=seed)
     curves = Curves(world, study, make_splits(world).test[: study.curve_problems])
@@ -405,7 +435,7 @@ class Curves(L.Callback):
     """Train reward, rollout entropy and mode share every step; test pass@1, mode share, check rate and token
     entropy every curve_every steps (and before the first)."""
 
-    def __init__(self, world: WorldConfig, study: StudyConfig, problems):
+    def __init__(self, world: WorldConfig, study: Study, problems):
         self.world, self.study, self.problems = world, study, problems
         self.points: dict[str, list[tuple[int, float]]] = {}
 
@@ -432,7 +462,7 @@ class Curves(L.Callback):
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, world: WorldConfig, problems, n: int, study: StudyConfig, seed_key: int = -1) -> dict:
+def evaluate(model, tokenizer, world: WorldConfig, problems, n: int, study: Study, seed_key: int = -1) -> dict:
     """pass@1 … pass@n with per-problem values, the mode share, the check rate and token entropy of ``n``
     responses per problem (seeded: the same problems and seed give the same draw)."""
     was = model.training
@@ -454,13 +484,13 @@ def evaluate(model, tokenizer, world: WorldConfig, problems, n: int, study: Stud
         stats = behaviours(comps.texts)
         modes += stats.get("mode", [0.0] * len(comps.texts))  # 0 in a world without the behaviour
         checks += stats.get("checks", [0.0] * len(comps.texts))
-        sequences = torch.cat([comps.prompt_ids, comps.completion_ids], 1)
-        attention = torch.cat([comps.prompt_mask, comps.completion_mask], 1)
+        sequences = torch.cat([comps.prompt_ids, comps.response_ids], 1)
+        attention = torch.cat([comps.prompt_mask, comps.response_mask], 1)
         _, entropy = response_logprobs(
-            model, sequences, attention, comps.completion_ids, first=comps.prompt_ids.shape[1] - 1,
+            model, sequences, attention, comps.response_ids, first=comps.prompt_ids.shape[1] - 1,
             temperature=study.temperature,
         )
-        valid = comps.completion_mask.bool()
+        valid = comps.response_mask.bool()
         entropies.append(entropy[valid])
     model.train(was)
     out = {f"pass@{k}": v for k, v in mean_pass_at_k(n, correct, powers_of_two(n)).items()}
@@ -471,7 +501,7 @@ def evaluate(model, tokenizer, world: WorldConfig, problems, n: int, study: Stud
     return out
 
 
-def blind_spot_measure(model, tokenizer, world: WorldConfig, study: StudyConfig) -> dict:
+def blind_spot_measure(model, tokenizer, world: WorldConfig, study: Study) -> dict:
     """The probability the model gives the right result at the blind-spot steps of the teacher's solutions of the
     test problems (teacher forcing), and which test problems contain a blind-spot fact."""
     blind = blind_spot_facts(world)
@@ -497,7 +527,7 @@ def blind_spot_measure(model, tokenizer, world: WorldConfig, study: StudyConfig)
     return {"p_right": float(np.mean(probs)) if probs else math.nan, "steps": len(probs), "problems": blind_ids}
 
 
-def _sft(world: WorldConfig, study: StudyConfig, out: Path, seed: int, *, lora: bool):
+def _sft(world: WorldConfig, study: Study, out: Path, seed: int, *, lora: bool):
     """SFT on fresh teacher traces: problems drawn from the task, none of them in a split, each seen once."""
     rng = random.Random(f"distill-{seed}")
     held_out = {p.question for _, ps in make_splits(world).items() for p in ps}
@@ -521,7 +551,7 @@ def _sft(world: WorldConfig, study: StudyConfig, out: Path, seed: int, *, lora: 
 
 
 # ------------------------------------------------------------------ findings
-def _interval(values, study: StudyConfig, paired=None) -> list[float]:
+def _interval(values, study: Study, paired=None) -> list[float]:
     return [round(v, 4) for v in bootstrap_interval(values, paired, resamples=study.bootstrap, seed=study.seed)]
 
 
@@ -529,8 +559,8 @@ def _accuracy(result: dict) -> list[float]:
     return [c / result["eval"]["n"] for c in result["eval"]["correct"]]
 
 
-def _findings(done: dict, study: StudyConfig) -> dict:
-    findings: dict = {"worlds": {}, "study": asdict(study)}
+def _findings(done: dict, study: Study) -> dict:
+    findings: dict = {"worlds": {}, "study": dict(vars(study))}
     for world in study.worlds:
         base = done[("base", world, "", 0)]
         base_acc = _accuracy(base)
@@ -578,7 +608,7 @@ def _findings(done: dict, study: StudyConfig) -> dict:
     return findings
 
 
-def _summary(result: dict, study: StudyConfig, base_acc: list[float] | None = None) -> dict:
+def _summary(result: dict, study: Study, base_acc: list[float] | None = None) -> dict:
     acc = _accuracy(result)
     out = {k: round(v, 4) for k, v in result["eval"].items() if k.startswith("pass@")}
     out["pass@1"] = _interval(acc, study)
@@ -588,7 +618,7 @@ def _summary(result: dict, study: StudyConfig, base_acc: list[float] | None = No
     return out
 
 
-def _pass_at_k_interval(ev: dict, study: StudyConfig) -> dict:
+def _pass_at_k_interval(ev: dict, study: Study) -> dict:
     n = ev["n"]
     return {str(k): _interval([pass_at_k(n, c, k) for c in ev["correct"]], study) for k in powers_of_two(n)}
 
@@ -603,7 +633,7 @@ def _saturation(results: list[dict]) -> float | None:
     return round(float(np.mean(steps)), 1) if steps else None
 
 
-def _blind(done: dict, world: str, study: StudyConfig) -> dict:
+def _blind(done: dict, world: str, study: Study) -> dict:
     base = done[("base", world, "", 0)]
     ids = set(base["blind"]["problems"])
     out = {"problems with a blind-spot fact": len(ids), "steps": base["blind"]["steps"]}
@@ -624,7 +654,7 @@ def _blind(done: dict, world: str, study: StudyConfig) -> dict:
 
 
 # ------------------------------------------------------------------ report
-def _plot(findings: dict, done: dict, study: StudyConfig, run_dir: Path) -> None:
+def _plot(findings: dict, done: dict, study: Study, run_dir: Path) -> None:
     for world in study.worlds:
         panels: dict[str, dict] = {}
         for key, result in done.items():
@@ -669,7 +699,7 @@ def _fmt(iv) -> str:
     return f"{iv[0]:.3f} [{iv[1]:.3f}, {iv[2]:.3f}]" if iv else "—"
 
 
-def _table(findings: dict, study: StudyConfig) -> str:
+def _table(findings: dict, study: Study) -> str:
     lines = [
         "| world | model | runs | test pass@1 [95% CI] | change from base [95% CI] | mode share | checks / step | entropy |",
         "|---|---|---|---|---|---|---|---|",

@@ -130,8 +130,6 @@ def get_reward(spec: str | RewardFn) -> RewardFn:
     name = spec.strip()
     if name in REWARDS:
         return REWARDS[name]
-    if name in registry.RENAMED:
-        raise ValueError(f"reward {name!r} has been renamed: write {registry.RENAMED[name]!r}")
     target = registry.lookup("reward", name)
     if target is None and ":" not in name:
         raise ValueError(f"unknown {_how_to(spec)}")

@@ -37,8 +37,6 @@ from reprokit.worlds.teacher import (
     STYLES,
     build_corpus,
     max_response_chars,
-    solution_pairs,
-    teacher_error_rates,
     write_solution,
 )
 
@@ -70,7 +68,5 @@ __all__ = [
     "pretrain_base",
     "render_prompt",
     "reward",
-    "solution_pairs",
-    "teacher_error_rates",
     "write_solution",
 ]

@@ -264,19 +264,9 @@ def pretrain_base(
         "threads": threads,
         "final_train_loss": final_loss,
     }
-    ks = list(powers_of_two(base.eval_samples))
     for name, problems in (("test", splits.test), ("hard", splits.hard)):
-        started = time.perf_counter()
-        result = evaluate_pass_at_k(
-            model, tokenizer, problems, n=base.eval_samples, ks=ks, temperature=base.eval_temperature, seed=cfg.seed
-        )
-        metrics[name] = {k: v for k, v in result.items() if k.startswith("pass@")}
-        metrics[name]["by_steps"] = _by_steps(result, ks)
-        # Per-problem counts let later studies compare solved sets with the base without sampling it again.
-        metrics[name]["num_correct"] = dict(zip(result["ids"], result["num_correct"]))
-        metrics[name]["n"] = base.eval_samples
-        metrics[name]["eval_seconds"] = round(time.perf_counter() - started, 1)
-        print(f"[reprokit.worlds] base {name}: " + ", ".join(f"{k} {metrics[name][f'pass@{k}']:.3f}" for k in ks))
+        metrics[name] = _split_metrics(model, tokenizer, problems, cfg, base)
+        print(f"[reprokit.worlds] base {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics[name].items() if k.startswith("pass@")))
     (tmp / "base_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     if out.exists():  # a concurrent run finished first; keep its result
@@ -284,6 +274,18 @@ def pretrain_base(
     else:
         tmp.rename(out)
     print(f"[reprokit.worlds] base model saved at {out}")
+    return out
+
+
+def _split_metrics(model, tokenizer, problems, cfg: WorldConfig, base: BaseConfig) -> dict:
+    """pass@k of a freshly pretrained base on one split, per step count, and each problem's correct count (later
+    studies compare solved sets with the base without sampling it again)."""
+    started = time.perf_counter()
+    ks = list(powers_of_two(base.eval_samples))
+    result = evaluate_pass_at_k(model, tokenizer, problems, n=base.eval_samples, ks=ks, temperature=base.eval_temperature, seed=cfg.seed)
+    out = {k: v for k, v in result.items() if k.startswith("pass@")}
+    out.update(by_steps=_by_steps(result, ks), num_correct=dict(zip(result["ids"], result["num_correct"])), n=base.eval_samples,
+               eval_seconds=round(time.perf_counter() - started, 1))
     return out
 
 

@@ -25,7 +25,8 @@ WORLD_VERSION = 3
 
 @dataclass
 class WorldConfig:
-    """The task and the writers of the pretraining corpus. Two equal configs give the same splits and corpus."""
+    """CPU world only (read when a model, example set, benchmark or reward named world is used): the task and the
+    writers of the pretraining corpus. Two equal configs give the same splits and corpus."""
 
     seed: int = 0
     """Seed for the splits, the corpus, the noisy teacher and the base model's initialisation."""
@@ -145,7 +146,7 @@ class WorldConfig:
 
 @dataclass
 class BaseConfig:
-    """The world's base model: its size, its pretraining and how its pass@k is measured once trained."""
+    """CPU world only: the world's base model, its size, its pretraining and how its pass@k is measured once trained."""
 
     hidden_size: int = 128
     """Base model width."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterable
 
 from reprokit.worlds.config import WorldConfig
 from reprokit.worlds.task import (
@@ -45,8 +44,6 @@ __all__ = [
     "blind_spot_facts",
     "build_corpus",
     "max_response_chars",
-    "solution_pairs",
-    "teacher_error_rates",
     "write_solution",
 ]
 
@@ -79,12 +76,6 @@ def _misconceptions(seed: int, modulus: int, operations: tuple[str, ...], rate: 
         f: (min(1.0, rate * w), _wrong_digit(rng, apply_op(f[0], f[1], f[2], modulus), modulus))
         for f, w in zip(facts, weights)
     }
-
-
-def teacher_error_rates(cfg: WorldConfig) -> dict[tuple[int, str, int], float]:
-    """The sloppy teacher's error rate for every fact (a, op, b) of the world."""
-    table = _misconceptions(cfg.seed, cfg.modulus, cfg.operations, cfg.sloppy_error_rate, cfg.sloppy_error_spread)
-    return {f: r for f, (r, _) in table.items()}
 
 
 @functools.lru_cache(maxsize=16)
@@ -150,12 +141,6 @@ def write_solution(problem: Problem | str, style: str, cfg: WorldConfig, rng: ra
         raise ValueError(f"unknown solution style {style!r}; use one of {STYLES}")
     lines.append("\\boxed{" + answer_text(values, cfg.answer_format) + "}")
     return "\n".join(lines)
-
-
-def solution_pairs(problems: Iterable[Problem], style: str, cfg: WorldConfig, seed: int = 0) -> list[tuple[str, str]]:
-    """(prompt, solution) pairs for SFT, e.g. distillation traces: ``style="teacher_alt"``."""
-    rng = random.Random(f"pairs-{seed}")
-    return [(render_prompt(p.question), write_solution(p, style, cfg, rng)) for p in problems]
 
 
 def build_corpus(cfg: WorldConfig, splits: Splits | None = None) -> list[tuple[str, str]]:
