@@ -1,6 +1,6 @@
 """The main job (`python -m reprokit.recipes.one_shot`, the `cpu` preset) over seeds, in NF4 and in full precision.
 
-    python benchmarks/seed_spread.py --seeds 0 1 2 3 4 5 6 7 --out runs/seed_spread
+    python benchmarks/seed_spread.py --seeds 0 1 2 3 4 --out runs/seed_spread
 
 Each run is the README's main command with `--run.seed S` (and `--model.quantization none` for the full-precision
 runs), one CPU thread each, `--workers` at a time. Prints, per precision, each seed's test pass@1 before and after
@@ -24,6 +24,10 @@ PRECISIONS = ("nf4", "none")
 
 
 def one_run(seed: int, quantization: str, out: str) -> dict:
+    """One seed's run and its figures, saved beside its folder: a second call with the same --out reruns nothing."""
+    saved = Path(out) / f"{quantization}-seed{seed}.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
     import torch
 
     torch.set_num_threads(1)
@@ -35,8 +39,10 @@ def one_run(seed: int, quantization: str, out: str) -> dict:
         "--run.progress_bar", "false",
     ])
     iv = summary["intervals"]["world_test"]
-    return {"seed": seed, "quantization": quantization, "before": iv["before"], "after": iv["after"], "change": iv["change"],
-            "mode before": summary["before"].get("val/world_test/mode"), "mode after": summary["after"].get("val/world_test/mode")}
+    result = {"seed": seed, "quantization": quantization, "before": iv["before"], "after": iv["after"], "change": iv["change"],
+              "mode before": summary["before"].get("val/world_test/mode"), "mode after": summary["after"].get("val/world_test/mode")}
+    saved.write_text(json.dumps(result) + "\n")
+    return result
 
 
 def bootstrap_mean(values: list[float], resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
@@ -57,7 +63,7 @@ def bootstrap_difference(a: list[float], b: list[float], resamples: int = 10000,
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/seed_spread")

@@ -48,6 +48,10 @@ __all__ = [
 
 PRESETS_DIR = Path(os.environ.get("REPROKIT_PRESETS_DIR", Path(__file__).resolve().parents[1] / "presets"))
 
+_GONE = {"grpo.accuracy_file": "every GRPO run writes <run_dir>/example_accuracy.json"}
+"""Options that went, and what replaced them."""
+
+
 def _moved_keys() -> dict[str, str]:
     """Option spellings that moved, and where to: the GRPO options' single `grpo` section became the rollout, loss
     and train sections (its validation settings went to eval), and the prompt options of every recipe's data
@@ -246,7 +250,7 @@ def parse(recipe: Recipe, argv: list[str] | None = None) -> Parsed:
         if saved is None or not saved.is_file():
             short = recipe.run_dir_key.rpartition(".")[2]
             raise SystemExit(f"--resume needs --{short} pointing at an earlier run (no config.yaml in {run_dir})")
-        _refuse_renamed_in_file(saved, recipe)
+        saved = _with_moved_keys_translated(saved, recipe, notes)
         argv = ["--config", str(saved)] + _drop_flag(argv, "--preset")
         notes.append(f"resuming {run_dir} with its saved config")
         preset = None
@@ -371,8 +375,40 @@ def _refuse_renamed(argv: list[str], recipe: Recipe) -> None:
         key = arg.partition("=")[0].removeprefix("--")
         if key in moved and not _has(recipe, key):
             raise SystemExit(f"--{key} has moved: write --{moved[key]}")
-        if key == "grpo.accuracy_file":
-            raise SystemExit("--grpo.accuracy_file is gone: every GRPO run writes <run_dir>/example_accuracy.json")
+        if key in _GONE:
+            raise SystemExit(f"--{key} is gone: {_GONE[key]}")
+
+
+def _with_moved_keys_translated(saved: Path, recipe: Recipe, notes: list[str]) -> Path:
+    """A run's saved config as --resume reads it. One saved before options moved sections has them read in their
+    new sections (a copy beside it; the run then saves its config in the new layout): a run is resumable whatever
+    version of the kit started it, while a config a user writes with an old spelling is refused with the fix."""
+    import yaml
+
+    data = yaml.safe_load(saved.read_text()) or {}
+    moved = _moved_keys()
+    out: dict[str, dict] = {}
+    translated = 0
+    for section, values in data.items():
+        for key, value in (values.items() if isinstance(values, dict) else ()):
+            old = f"{section}.{key}"
+            if old in _GONE:
+                translated += 1
+                continue
+            if old in moved and not _has(recipe, old):
+                section_to, _, key = moved[old].partition(".")
+                translated += 1
+            else:
+                section_to = section
+            out.setdefault(section_to, {})[key] = value
+        if not isinstance(values, dict):
+            out[section] = values
+    if not translated:
+        return saved
+    copy = saved.with_name("config.moved-keys.yaml")
+    copy.write_text(yaml.safe_dump(out, sort_keys=False))
+    notes.append(f"{saved} was saved before {translated} options moved or went: read in their new sections ({copy.name})")
+    return copy
 
 
 def _refuse_renamed_in_file(path: Path, recipe: Recipe) -> None:

@@ -74,3 +74,29 @@ def test_departures_flag_prints_the_difference_and_exits(capsys):
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "rollout.max_new_tokens" in out and "train.lr" in out and str(PRESETS_DIR / "one_shot" / "paper.yaml") in out
+
+
+def test_an_old_spelling_is_refused_with_the_new_one_but_a_saved_run_in_the_old_layout_resumes(tmp_path):
+    """Options that moved sections: a flag or a user's config with the old spelling fails naming the new one; the
+    config.yaml of a run saved before the move is read with every option in its new section (same values)."""
+    with pytest.raises(SystemExit, match=r"--grpo\.lr has moved: write --train\.lr"):
+        parse(one_shot.RECIPE, ["--preset", "cpu", "--grpo.lr", "1e-3"])
+    user = tmp_path / "mine.yaml"
+    user.write_text("grpo:\n  lr: 0.001\n  top_entropy_quantile: 0.2\n")
+    with pytest.raises(SystemExit, match=r"grpo: lr -> train: lr; grpo: top_entropy_quantile -> loss: focal_fraction"):
+        parse(one_shot.RECIPE, ["--config", str(user)])
+    with pytest.raises(SystemExit, match="is gone: every GRPO run writes"):
+        parse(one_shot.RECIPE, ["--grpo.accuracy_file", "x.json"])
+
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(
+        "run:\n  max_steps: 7\n"
+        "grpo:\n  lr: 0.003\n  top_entropy_quantile: 0.2\n  val_n: 3\n  val_temperature: 0.6\n  group_size: 6\n  accuracy_file: old.json\n"
+        "data:\n  template: 'Q: {question} A:'\n  prompts_per_step: 2\n"
+    )
+    parsed = parse(one_shot.RECIPE, ["--run_dir", str(run_dir), "--resume"])
+    assert parsed.section("train").lr == 0.003 and parsed.section("loss").focal_fraction == 0.2
+    assert parsed.section("eval").n == 3 and parsed.section("rollout").group_size == 6
+    assert parsed.section("prompt").template == "Q: {question} A:" and parsed.section("data").prompts_per_step == 2
+    assert parsed.section("run").max_steps == 7

@@ -180,13 +180,15 @@ BASE = "gemma-3-270m"
 
 
 def _train(job: dict, study: RealStudy, run_dir: Path) -> Path:
-    """One GRPO run through the real entry point, from the study's preset; returns its run folder. A run stopped
-    after a checkpoint resumes from it; one stopped before its first starts again."""
+    """One GRPO run through the real entry point, from the study's preset; returns its run folder. A finished run is
+    kept, one stopped after a checkpoint resumes from it, one stopped before its first starts again."""
     from reprokit.recipes import focal_tokens, one_shot
 
     recipe = one_shot if job["kind"] == "one_shot" else focal_tokens
     out = run_dir / (_job_name(job) if job["kind"] == "one_shot" else "full-data")
     common = ["--max_steps", str(study.steps), "--run.progress_bar", "false"]
+    if (out / "checkpoints" / f"step-{study.steps}.ckpt").is_file():
+        return out  # finished
     if (out / "checkpoints" / "last.ckpt").is_file():
         recipe.run(["--run_dir", str(out), "--resume", *common])
         return out
