@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,12 @@ _GONE = {"grpo.accuracy_file": "every GRPO run writes <run_dir>/example_accuracy
 """Options that went, and what replaced them."""
 
 
+@cache
 def _moved_keys() -> dict[str, str]:
     """Option spellings that moved, and where to: the GRPO options' single `grpo` section became the rollout, loss
-    and train sections (its validation settings went to eval), and the prompt options of every recipe's data
-    section became the shared prompt section. An old spelling fails with a message naming the new one."""
+    and train sections (its validation settings went to eval); the prompt options of every recipe's data section
+    became the shared prompt section; the CPU world's model settings went to world_base. An old spelling fails
+    with a message naming the new one."""
     from reprokit.training.grpo import LossConfig, RolloutConfig, TrainConfig
 
     moved = {f"grpo.{f.name}": f"{section}.{f.name}" for section, cls in
@@ -63,6 +66,10 @@ def _moved_keys() -> dict[str, str]:
     moved |= {f"grpo.val_{name}": f"eval.{name}" for name in ("n", "temperature", "top_p", "max_new_tokens", "reward")}
     moved |= {f"data.{name}": f"prompt.{name}" for name in ("template", "cot_suffix", "max_prompt_length", "drop_long_prompts")}
     moved["grpo.top_entropy_quantile"] = "loss.focal_fraction"
+    moved |= {f"world.{name}": f"world_base.{name}" for name in (  # the world's model settings have a section of their own
+        "hidden_size", "num_layers", "num_heads", "intermediate_size", "pretrain_steps", "batch_size", "lr",
+        "warmup_steps", "eval_samples", "eval_temperature",
+    )}
     return moved
 
 
@@ -369,13 +376,32 @@ def _has(recipe: Recipe, key: str) -> bool:
     return section in recipe.sections and name in {f.name for f in fields(recipe.sections[section])}
 
 
+def _new_spelling(key: str, recipe: Recipe) -> str | None:
+    """Where an option that moved now lives (``section.field``), ``""`` for one that went, None for a current one."""
+    if key in _GONE:
+        return ""
+    moved = _moved_keys().get(key)
+    return moved if moved is not None and not _has(recipe, key) else None
+
+
+def _old_spellings(data, recipe: Recipe) -> dict[str, str]:
+    """The moved or gone options of a config's sections: ``section.field`` -> its new place (``""``: gone)."""
+    found = {}
+    for section, values in data.items() if isinstance(data, dict) else ():
+        for key in values if isinstance(values, dict) else ():
+            new = _new_spelling(f"{section}.{key}", recipe)
+            if new is not None:
+                found[f"{section}.{key}"] = new
+    return found
+
+
 def _refuse_renamed(argv: list[str], recipe: Recipe) -> None:
-    moved = _moved_keys()
     for arg in argv:
         key = arg.partition("=")[0].removeprefix("--")
-        if key in moved and not _has(recipe, key):
-            raise SystemExit(f"--{key} has moved: write --{moved[key]}")
-        if key in _GONE:
+        new = _new_spelling(key, recipe)
+        if new:
+            raise SystemExit(f"--{key} has moved: write --{new}")
+        if new == "":
             raise SystemExit(f"--{key} is gone: {_GONE[key]}")
 
 
@@ -386,28 +412,22 @@ def _with_moved_keys_translated(saved: Path, recipe: Recipe, notes: list[str]) -
     import yaml
 
     data = yaml.safe_load(saved.read_text()) or {}
-    moved = _moved_keys()
-    out: dict[str, dict] = {}
-    translated = 0
+    changes = _old_spellings(data, recipe)
+    if not changes:
+        return saved
+    out: dict = {}
     for section, values in data.items():
-        for key, value in (values.items() if isinstance(values, dict) else ()):
-            old = f"{section}.{key}"
-            if old in _GONE:
-                translated += 1
-                continue
-            if old in moved and not _has(recipe, old):
-                section_to, _, key = moved[old].partition(".")
-                translated += 1
-            else:
-                section_to = section
-            out.setdefault(section_to, {})[key] = value
         if not isinstance(values, dict):
             out[section] = values
-    if not translated:
-        return saved
+            continue
+        for key, value in values.items():
+            new = changes.get(f"{section}.{key}", f"{section}.{key}")
+            if new:
+                to_section, _, to_key = new.partition(".")
+                out.setdefault(to_section, {})[to_key] = value
     copy = saved.with_name("config.moved-keys.yaml")
     copy.write_text(yaml.safe_dump(out, sort_keys=False))
-    notes.append(f"{saved} was saved before {translated} options moved or went: read in their new sections ({copy.name})")
+    notes.append(f"{saved} was saved before {len(changes)} options moved or went: read in their new sections ({copy.name})")
     return copy
 
 
@@ -418,12 +438,10 @@ def _refuse_renamed_in_file(path: Path, recipe: Recipe) -> None:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return  # the parser reports an unreadable file itself
-    moved = _moved_keys()
-    found = []
-    for section, values in data.items() if isinstance(data, dict) else ():
-        for key in values if isinstance(values, dict) else ():
-            old = f"{section}.{key}"
-            if old in moved and not _has(recipe, old):
-                found.append(f"{section}: {key} -> {moved[old].replace('.', ': ', 1)}")
-    if found:
-        raise SystemExit(f"{path}: these options have moved to other sections; write them as: {'; '.join(found)}")
+    changes = _old_spellings(data, recipe)
+    gone = [f"{old.replace('.', ': ', 1)} ({_GONE[old]})" for old, new in changes.items() if not new]
+    moved = [f"{old.replace('.', ': ', 1)} -> {new.replace('.', ': ', 1)}" for old, new in changes.items() if new]
+    if moved:
+        raise SystemExit(f"{path}: these options have moved to other sections; write them as: {'; '.join(moved)}")
+    if gone:
+        raise SystemExit(f"{path}: these options are gone: {'; '.join(gone)}")

@@ -87,6 +87,8 @@ def test_an_old_spelling_is_refused_with_the_new_one_but_a_saved_run_in_the_old_
         parse(one_shot.RECIPE, ["--config", str(user)])
     with pytest.raises(SystemExit, match="is gone: every GRPO run writes"):
         parse(one_shot.RECIPE, ["--grpo.accuracy_file", "x.json"])
+    with pytest.raises(SystemExit, match=r"--world\.hidden_size has moved: write --world_base\.hidden_size"):
+        parse(one_shot.RECIPE, ["--preset", "cpu", "--world.hidden_size", "64"])
 
     run_dir = tmp_path / "old-run"
     run_dir.mkdir()
