@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from reprokit.data import Example, collate_prompts, tokenize_examples
 from reprokit.data.batching import get_pad_token_id
 from reprokit.data.templates import render_prompt, uses_chat_markup

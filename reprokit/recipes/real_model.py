@@ -29,6 +29,7 @@ import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -39,11 +40,10 @@ from reprokit.algorithms import response_logprobs
 from reprokit.cli import PRESETS_DIR, Recipe, parse, preset_values
 from reprokit.domains import word_problems as domain
 from reprokit.evaluation import load_model_spec
-from reprokit.evaluation.grading import sample_and_grade
 from reprokit.metrics.functional import bootstrap_interval, entropy_stats, high_entropy_overlap, mean_pass_at_k, powers_of_two
 from reprokit.policy import eos_token_ids
 from reprokit.recipes.select_examples import rank_examples
-from reprokit.sampling import seeded_generator
+from reprokit.sampling import sample_and_grade, seeded_generator
 
 
 @dataclass
@@ -214,9 +214,15 @@ def _train(job: dict, study: RealStudy, run_dir: Path) -> Path:
 
 def _setting(study: RealStudy, key: str):
     """One setting of the study's preset as the one_shot recipe resolves it (its default where the preset is silent)."""
+    return _preset_settings(study.one_shot_preset)[key]
+
+
+@cache
+def _preset_settings(preset: str) -> dict:
+    """Every setting of a one_shot preset, parsed once per process (the evaluation asks for some per chunk)."""
     from reprokit.recipes import one_shot
 
-    return preset_values(one_shot.RECIPE, study.one_shot_preset)[key]
+    return preset_values(one_shot.RECIPE, preset)
 
 
 def _preset(study: RealStudy) -> dict:

@@ -45,11 +45,10 @@ from reprokit import plots, registry
 from reprokit.algorithms import response_logprobs
 from reprokit.cli import Recipe, parse
 from reprokit.data import MathDataModule, OneShotDataModule, Prompt
-from reprokit.evaluation.grading import sample_and_grade
 from reprokit.metrics.functional import bootstrap_interval, mean_pass_at_k, pass_at_k, powers_of_two
 from reprokit.policy import ModelConfig, eos_token_ids, load_base_model, load_policy
 from reprokit.recipes.select_examples import rank_examples
-from reprokit.sampling import seeded_generator
+from reprokit.sampling import sample_and_grade, seeded_generator
 from reprokit.training.grpo import GRPOConfig, GRPOModule
 from reprokit.training.sft import CausalLMModule, SFTDataModule
 from reprokit.training.trainer import RunConfig, build_trainer

@@ -150,7 +150,7 @@ def evaluate_pass_at_k(
     default 10) plus a margin, so a model that never stops is cut off soon after. Sampling goes through the kit's
     decode loop (:func:`reprokit.sampling.generate`) with a generator seeded by ``seed``.
     """
-    from reprokit.evaluation.grading import sample_and_grade
+    from reprokit.sampling import sample_and_grade
     from reprokit.sampling import seeded_generator
 
     if max_new_tokens is None:
